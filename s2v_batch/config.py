@@ -1,0 +1,108 @@
+"""Typed configuration, validated once at the boundary and passed down as the part each step needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .conventions import STAMP_SIZE
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How ingest cuts and stores work.
+
+    stamp_size: stamp edge in pixels (51 for DES). unit_stamps: loose stamps per decode task.
+    shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
+    """
+
+    stamp_size: int = STAMP_SIZE
+    unit_stamps: int = 2048
+    shard_stamps: int = 4096
+    chunk_stamps: int = 256
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _positive(f.name, getattr(self, f.name))
+        if self.shard_stamps % self.chunk_stamps:
+            raise ConfigError("shard_stamps must be a multiple of chunk_stamps")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How scoring runs: model batch size, threshold override, mixed precision (GPUs)."""
+
+    batch_size: int = 512
+    threshold: float | None = None
+    mixed_precision: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Report settings: seconds a human needs per stamp (DESIGN.md section 3)."""
+
+    seconds_per_stamp: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.seconds_per_stamp > 0:
+            raise ConfigError("seconds_per_stamp must be > 0")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole run's settings, as read from a YAML file (``s2v nightly --config``)."""
+
+    ingest: IngestConfig = IngestConfig()
+    score: ScoreConfig = ScoreConfig()
+    report: ReportConfig = ReportConfig()
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> PipelineConfig:
+        """Build from a mapping with optional ``ingest``, ``score`` and ``report`` sections."""
+        data = data or {}
+        unknown = set(data) - {"ingest", "score", "report"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)}")
+        parts = {}
+        for name, typ in (("ingest", IngestConfig), ("score", ScoreConfig), ("report", ReportConfig)):
+            section = data.get(name) or {}
+            allowed = {f.name for f in fields(typ)}
+            bad = set(section) - allowed
+            if bad:
+                raise ConfigError(f"unknown key(s) in {name}: {sorted(bad)}; allowed: {sorted(allowed)}")
+            try:
+                parts[name] = typ(**section)
+            except TypeError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        return cls(**parts)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read and validate a YAML config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        return cls.from_mapping(data)

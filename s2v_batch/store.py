@@ -1,0 +1,291 @@
+"""The Zarr v3 store: one xarray-readable dataset per season and night.
+
+Layout: ``STORE/<season>/<night>.zarr`` holding ``stamps (stamp, y, x, channel)`` (uint8 for
+gif-derived stamps, float32 for fits), ``stamp_id``, ``label`` (int8, -1 unknown),
+``masked_fraction`` and the coordinate ``channel``. ``stamps`` is sharded along ``stamp``: one
+shard file of thousands of stamps, small inner chunks, so that writing is fast and one stamp can
+be read without decompressing a whole shard.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .conventions import CHANNELS, is_night, is_season
+from .fsutil import replace_dir
+
+#: Stamps per shard file (one Dask task writes or reads whole shards).
+DEFAULT_SHARD_STAMPS = 4096
+#: Stamps per inner chunk (the unit of compression and of random access).
+DEFAULT_CHUNK_STAMPS = 256
+
+
+class StoreError(ValueError):
+    """A store path or dataset that cannot be used."""
+
+
+@dataclass(frozen=True)
+class NightRef:
+    """A night dataset in a store."""
+
+    season: str
+    night: int
+    path: Path
+
+
+def night_path(store_root: str | Path, season: str, night: int) -> Path:
+    """Path of the dataset for ``season``/``night`` under ``store_root``."""
+    return Path(store_root) / season / f"{int(night)}.zarr"
+
+
+def quarantine_path(store_root: str | Path, season: str, night: int) -> Path:
+    """Path of the quarantine table for ``season``/``night``."""
+    return Path(store_root) / season / f"quarantine-{int(night)}.parquet"
+
+
+def list_nights(store_root: str | Path, season: str | None = None) -> list[NightRef]:
+    """Night datasets present under ``store_root`` (finished ones: partial writes are hidden).
+
+    Parameters
+    ----------
+    store_root : path
+        The store's root folder.
+    season : str, optional
+        Only this season.
+
+    Returns
+    -------
+    list of NightRef
+        Sorted by season then night.
+    """
+    root = Path(store_root)
+    if not root.is_dir():
+        raise StoreError(f"store {root} does not exist or is not a folder")
+    out = []
+    for sdir in sorted(p for p in root.iterdir() if p.is_dir() and is_season(p.name)):
+        if season is not None and sdir.name != season:
+            continue
+        for n in sorted(sdir.glob("*.zarr")):
+            if is_night(n.stem):
+                out.append(NightRef(sdir.name, int(n.stem), n))
+    return out
+
+
+def _shard_count(n: int, shard: int) -> int:
+    return -(-n // shard) if n else 0
+
+
+def shard_slices(n: int, shard: int) -> list[slice]:
+    """Slices of ``range(n)`` along whole shards of ``shard`` stamps (the last may be short)."""
+    return [slice(i, min(i + shard, n)) for i in range(0, n, shard)]
+
+
+def create_night(
+    path: str | Path,
+    *,
+    n_stamps: int,
+    dtype: str | np.dtype,
+    size: int,
+    stamp_id: np.ndarray,
+    label: np.ndarray,
+    masked_fraction: np.ndarray,
+    season: str,
+    night: int,
+    attrs: Mapping[str, Any] | None = None,
+    shard_stamps: int = DEFAULT_SHARD_STAMPS,
+    chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
+) -> None:
+    """Create a night dataset: the small arrays written, ``stamps`` allocated and empty.
+
+    Workers then fill ``stamps`` shard by shard with :func:`write_stamps`.
+    """
+    import xarray as xr
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    chunk_stamps = max(1, min(chunk_stamps, shard_stamps))
+    if shard_stamps % chunk_stamps:
+        raise StoreError("shard_stamps must be a multiple of chunk_stamps")
+    n = int(n_stamps)
+    ds = xr.Dataset(
+        {
+            "stamp_id": (("stamp",), np.asarray(stamp_id, dtype=np.int64)),
+            "label": (("stamp",), np.asarray(label, dtype=np.int8)),
+            "masked_fraction": (("stamp",), np.asarray(masked_fraction, dtype=np.float32)),
+        },
+        coords={"channel": np.array(CHANNELS, dtype=object)},
+        attrs={
+            "season": season,
+            "night": int(night),
+            "n_stamps": n,
+            "stamp_size": int(size),
+            "channels": list(CHANNELS),
+            "label_convention": "1 = real, 0 = artifact, -1 = unknown",
+            "s2v_batch_version": __version__,
+            **(attrs or {}),
+        },
+    )
+    with warnings.catch_warnings():
+        # String coordinates and consolidated metadata are not yet in the Zarr v3 spec, and
+        # xarray relies on both: the warnings say so on every write.
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+        group = zarr.open_group(path, mode="r+")
+        shard = max(1, min(shard_stamps, max(n, 1)))
+        chunk = max(1, min(chunk_stamps, shard))
+        while shard % chunk:
+            chunk -= 1
+        group.create_array(
+            "stamps",
+            shape=(n, size, size, len(CHANNELS)),
+            chunks=(chunk, size, size, len(CHANNELS)),
+            shards=(shard, size, size, len(CHANNELS)),
+            dtype=np.dtype(dtype),
+            compressors=zarr.codecs.ZstdCodec(level=1),
+            fill_value=0,
+            dimension_names=("stamp", "y", "x", "channel"),
+            config={"write_empty_chunks": True},
+        )
+        zarr.consolidate_metadata(path)
+
+
+def stamps_array(path: str | Path, mode: str = "r"):
+    """The ``stamps`` zarr array of a night dataset."""
+    import zarr
+
+    return zarr.open_array(Path(path) / "stamps", mode=mode)
+
+
+def shard_stamps_of(path: str | Path) -> int:
+    """Stamps per shard of a night dataset."""
+    return int(stamps_array(path).shards[0])
+
+
+def write_stamps(path: str | Path, start: int, pixels: np.ndarray) -> None:
+    """Write whole shards of pixels starting at stamp ``start`` (a shard boundary)."""
+    arr = stamps_array(path, mode="r+")
+    if start % arr.shards[0]:
+        raise StoreError(f"write at {start} is not on a shard boundary ({arr.shards[0]})")
+    arr[start : start + len(pixels)] = pixels.astype(arr.dtype, copy=False)
+
+
+def missing_shards(path: str | Path) -> list[int]:
+    """Indices of ``stamps`` shards with no file on disk.
+
+    Zarr reads an absent shard back silently as the fill value, so completeness is checked on the
+    files themselves.
+    """
+    arr = stamps_array(path)
+    n = arr.shape[0]
+    nshards = _shard_count(n, arr.shards[0])
+    base = Path(path) / "stamps" / "c"
+    return [i for i in range(nshards) if not (base / str(i) / "0" / "0" / "0").is_file()]
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The dataset attributes of a night (``{}`` when it cannot be read)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(Path(path), mode="r").attrs)
+    except Exception:
+        return {}
+
+
+def verify_night(path: str | Path) -> dict[str, Any] | None:
+    """Check a night dataset is complete; return its attributes, or None when it is not.
+
+    Complete means: readable metadata, a ``stamps`` array and 1-D arrays of the recorded length,
+    and every shard file present.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        n = int(attrs["n_stamps"])
+        if group["stamps"].shape[0] != n:
+            return None
+        for name in ("stamp_id", "label", "masked_fraction"):
+            if group[name].shape != (n,):
+                return None
+    except Exception:
+        return None
+    if missing_shards(path):
+        return None
+    return attrs
+
+
+def open_night(path: str | Path):
+    """Open a night dataset with xarray (lazy, Dask-backed).
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if verify_night(path) is None:
+        raise StoreError(f"{path} is not a complete night dataset")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(path, zarr_format=3)
+
+
+def write_night(
+    path: str | Path,
+    stamps: np.ndarray,
+    stamp_id: np.ndarray,
+    label: np.ndarray,
+    masked_fraction: np.ndarray | None = None,
+    *,
+    season: str,
+    night: int,
+    attrs: Mapping[str, Any] | None = None,
+    shard_stamps: int = DEFAULT_SHARD_STAMPS,
+    chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
+) -> Path:
+    """Write a whole night dataset from in-memory arrays (atomically: temporary name, rename).
+
+    For small data and tests; the ingest writes large nights shard by shard on Dask workers.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(stamps)
+    if stamps.ndim != 4 or stamps.shape[3] != len(CHANNELS) or stamps.shape[1] != stamps.shape[2]:
+        raise StoreError(f"stamps must be (n, size, size, 3), got {stamps.shape}")
+    mf = np.zeros(n, np.float32) if masked_fraction is None else masked_fraction
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    create_night(
+        tmp,
+        n_stamps=n,
+        dtype=stamps.dtype,
+        size=stamps.shape[1],
+        stamp_id=stamp_id,
+        label=label,
+        masked_fraction=mf,
+        season=season,
+        night=night,
+        attrs={"n_quarantined": 0, **(attrs or {})},
+        shard_stamps=shard_stamps,
+        chunk_stamps=chunk_stamps,
+    )
+    if n:
+        stamps_array(tmp, mode="r+")[:] = stamps
+    replace_dir(tmp, path)
+    return path
