@@ -81,12 +81,18 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown config section(s): {sorted(unknown)}")
         parts = {}
-        for name, typ in (("ingest", IngestConfig), ("score", ScoreConfig), ("report", ReportConfig)):
+        for name, typ in (
+            ("ingest", IngestConfig),
+            ("score", ScoreConfig),
+            ("report", ReportConfig),
+        ):
             section = data.get(name) or {}
             allowed = {f.name for f in fields(typ)}
             bad = set(section) - allowed
             if bad:
-                raise ConfigError(f"unknown key(s) in {name}: {sorted(bad)}; allowed: {sorted(allowed)}")
+                raise ConfigError(
+                    f"unknown key(s) in {name}: {sorted(bad)}; allowed: {sorted(allowed)}"
+                )
             try:
                 parts[name] = typ(**section)
             except TypeError as exc:

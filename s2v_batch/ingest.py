@@ -172,7 +172,12 @@ def assemble_shard(dest: str, start: int, pieces: list[tuple[str, np.ndarray]]) 
 def night_fingerprint(input_fp: str, labels: Labels | None, cfg: IngestConfig) -> str:
     """What a finished night must match to be skipped: inputs, labels, stamp size, format."""
     h = hashlib.sha256()
-    for part in (input_fp, labels.fingerprint if labels else "", str(cfg.stamp_size), FORMAT_VERSION):
+    for part in (
+        input_fp,
+        labels.fingerprint if labels else "",
+        str(cfg.stamp_size),
+        FORMAT_VERSION,
+    ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -236,7 +241,9 @@ def ingest(
         if missing:
             raise IngestError(f"no stamps under {raw} for night(s) {missing}")
     if not keys and not disc.unplaced:
-        raise IngestError(f"no stamps (srch/temp/diff .gif/.fits files or .tar archives) under {raw}")
+        raise IngestError(
+            f"no stamps (srch/temp/diff .gif/.fits files or .tar archives) under {raw}"
+        )
     summary = IngestSummary()
     store_root.mkdir(parents=True, exist_ok=True)
     if disc.unplaced and nights is None:
@@ -333,7 +340,13 @@ def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
             if prev is not None:
                 reason = f"duplicate stamp_id in season {season} (first seen: {prev})"
                 quarantine.append(
-                    {"stamp_id": sid, "season": season, "night": night, "path": path, "reason": reason}
+                    {
+                        "stamp_id": sid,
+                        "season": season,
+                        "night": night,
+                        "path": path,
+                        "reason": reason,
+                    }
                 )
                 continue
             first_seen[sid] = path

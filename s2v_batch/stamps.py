@@ -91,7 +91,16 @@ def _fits_header(data: bytes) -> tuple[dict[str, float], int]:
             key = card[:8].decode("ascii", "replace").strip()
             if key == "END":
                 return cards, pos
-            if key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "BSCALE", "BZERO"):
+            if key in (
+                "SIMPLE",
+                "BITPIX",
+                "NAXIS",
+                "NAXIS1",
+                "NAXIS2",
+                "NAXIS3",
+                "BSCALE",
+                "BZERO",
+            ):
                 if card[8:10] != b"= ":
                     raise StampError(f"bad FITS card {key}")
                 raw = card[10:].split(b"/")[0].strip()

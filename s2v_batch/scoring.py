@@ -1,0 +1,372 @@
+"""Score stored stamps with the CNN on a Dask cluster, one task per Zarr shard.
+
+Each worker loads the model once from its file path and keeps it (never pickled through the
+scheduler). A task reads one shard of a night, scores it in large batches and writes one Parquet
+part with a deterministic name; a night is published atomically when all its parts exist, so a
+re-run (after a killed worker or process) redoes only the missing parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import sink
+from . import store as zstore
+from .config import ScoreConfig
+from .conventions import CHANNELS
+from .fsutil import write_bytes_atomic
+
+
+class ScoringError(ValueError):
+    """Scoring cannot start (bad arguments, nothing to score)."""
+
+
+# --------------------------------------------------------------------------- worker side
+
+_PREDICTORS: dict[tuple, object] = {}
+_LOCK = threading.Lock()
+
+
+def get_predictor(model_path: str, batch_size: int, mixed_precision: bool = False):
+    """The worker's predictor for a model file, loaded (and sha256-checked) once per process."""
+    from .model import Predictor
+
+    key = (
+        str(Path(model_path).resolve()),
+        os.stat(model_path).st_mtime_ns,
+        batch_size,
+        mixed_precision,
+    )
+    with _LOCK:
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            pred = Predictor(model_path, batch_size=batch_size, mixed_precision=mixed_precision)
+            _PREDICTORS[key] = pred
+    return pred
+
+
+def nonfinite_reasons(pixels: np.ndarray) -> list[str | None]:
+    """Per stamp: None when every pixel is finite, else which channels hold NaN/Inf and how many."""
+    if pixels.dtype.kind in "ui":
+        return [None] * len(pixels)
+    bad = ~np.isfinite(pixels)
+    per_stamp = bad.any(axis=(1, 2, 3))
+    out: list[str | None] = [None] * len(pixels)
+    for i in np.flatnonzero(per_stamp):
+        counts = bad[i].sum(axis=(0, 1))
+        where = ", ".join(f"{c}: {int(k)}" for c, k in zip(CHANNELS, counts, strict=True) if k)
+        out[i] = f"non-finite pixels after ingest ({where}); not scored"
+    return out
+
+
+def score_block(
+    pixels: np.ndarray, model_path: str, batch_size: int, mixed_precision: bool = False
+):
+    """Scores of a block of stamps (NaN where a stamp has non-finite pixels) and the reasons."""
+    reasons = nonfinite_reasons(pixels)
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    scores = np.full(len(pixels), np.nan, dtype=np.float32)
+    if ok.any():
+        pred = get_predictor(model_path, batch_size, mixed_precision)
+        scores[ok] = pred.predict(pixels[ok] if not ok.all() else pixels)
+    return scores, reasons
+
+
+def score_shard(
+    night_path: str,
+    start: int,
+    stop: int,
+    out_part: str,
+    model_path: str,
+    threshold: float,
+    batch_size: int,
+    mixed_precision: bool,
+    run_id: str,
+    scored_at: str,
+) -> dict:
+    """Read stamps ``[start, stop)`` of a night, score them, write one Parquet part; return counts."""
+    import zarr
+
+    group = zarr.open_group(night_path, mode="r")
+    pixels = group["stamps"][start:stop]
+    stamp_id = group["stamp_id"][start:stop]
+    label = group["label"][start:stop]
+    scores, reasons = score_block(pixels, model_path, batch_size, mixed_precision)
+    pred = get_predictor(model_path, batch_size, mixed_precision)
+    n = len(scores)
+    valid = np.isfinite(scores)
+    cand = valid & (scores >= np.float32(threshold))
+    ts = dt.datetime.fromisoformat(scored_at)
+    table = pa.table(
+        {
+            "stamp_id": pa.array(stamp_id, pa.int64()),
+            "score": pa.array(scores, pa.float32(), mask=~valid),
+            "is_candidate": pa.array(cand),
+            "threshold": pa.array(np.full(n, threshold, np.float32)),
+            "label": pa.array(label, pa.int8(), mask=label < 0),
+            "model_version": pa.array([f"{pred.card.name}-{pred.card.version}"] * n, pa.string()),
+            "model_sha256": pa.array([pred.sha256] * n, pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "scored_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
+            "error": pa.array(reasons, pa.string()),
+        }
+    )
+    sink.write_part(out_part, table)
+    return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class NightScore:
+    """The outcome for one night."""
+
+    season: str
+    night: int
+    status: str  # "scored" | "skipped"
+    n_stamps: int
+    n_candidates: int
+    n_errors: int
+    path: Path
+
+
+@dataclass
+class ScoreSummary:
+    """The outcome of a scoring run."""
+
+    nights: list[NightScore] = field(default_factory=list)
+    seconds: float = 0.0
+    model: str = ""
+
+    @property
+    def n_stamps(self) -> int:
+        return sum(n.n_stamps for n in self.nights)
+
+    @property
+    def n_candidates(self) -> int:
+        return sum(n.n_candidates for n in self.nights)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(n.n_errors for n in self.nights)
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        scored = [n for n in self.nights if n.status == "scored"]
+        new = sum(n.n_stamps for n in scored)
+        rate = new / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"score: {self.n_stamps} stamps, {self.n_candidates} candidates, {self.n_errors} errors; "
+            f"{len(self.nights)} nights ({len(scored)} scored, {len(self.nights) - len(scored)} "
+            f"already complete) with {self.model}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
+        )
+
+
+def _manifest_matches(manifest: dict | None, want: dict) -> bool:
+    if not manifest:
+        return False
+    return all(manifest.get(k) == v for k, v in want.items())
+
+
+def score(
+    store_root: str | Path,
+    scores_root: str | Path,
+    client,
+    *,
+    model_path: str | Path | None = None,
+    season: str | None = None,
+    night: int | None = None,
+    config: ScoreConfig | None = None,
+    skip_complete: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ScoreSummary:
+    """Score every stored night (or one season / night) into the Parquet dataset.
+
+    Parameters
+    ----------
+    store_root : path
+        The Zarr store written by ingest.
+    scores_root : path
+        Root of the hive-partitioned Parquet scores.
+    client : distributed.Client
+        The Dask client that runs the work.
+    model_path : path, optional
+        Model artifact (``.keras`` or card ``.json``); the shipped demo model by default.
+    season, night : optional
+        Restrict to a season and/or a night.
+    config : ScoreConfig, optional
+        Batch size, threshold override, mixed precision.
+    skip_complete : bool
+        Skip nights already published for this model, threshold and stored data (backfill);
+        otherwise every selected night is (re)scored and replaced.
+    progress : bool
+        Show a progress bar.
+    log : callable
+        Where status lines go.
+
+    Returns
+    -------
+    ScoreSummary
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .model import default_model_path, load_card
+
+    cfg = config or ScoreConfig()
+    t0 = time.perf_counter()
+    model_path = Path(model_path) if model_path else default_model_path()
+    card = load_card(model_path)
+    keras_path = model_path.with_suffix(".keras")
+    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
+    refs = zstore.list_nights(store_root, season)
+    if night is not None:
+        refs = [r for r in refs if r.night == int(night)]
+    if not refs:
+        what = f"season {season}" if season else "any season"
+        what += f", night {night}" if night is not None else ""
+        raise ScoringError(f"no stored nights for {what} under {store_root}")
+    summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
+    key = f"{card.sha256[:16]}-t{threshold:.6f}"
+    jobs: dict = {}
+    plans: dict[tuple[str, int], dict] = {}
+    for ref in refs:
+        attrs = zstore.verify_night(ref.path)
+        if attrs is None:
+            log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
+            continue
+        want = {
+            "model_sha256": card.sha256,
+            "threshold": threshold,
+            "store_fingerprint": attrs.get("input_fingerprint"),
+            "n_stamps": int(attrs["n_stamps"]),
+        }
+        if skip_complete and _manifest_matches(
+            sink.read_manifest(scores_root, ref.season, ref.night), want
+        ):
+            m = sink.read_manifest(scores_root, ref.season, ref.night)
+            summary.nights.append(
+                NightScore(
+                    ref.season,
+                    ref.night,
+                    "skipped",
+                    m["n_stamps"],
+                    m["n_candidates"],
+                    m["n_errors"],
+                    sink.night_dir(scores_root, ref.season, ref.night),
+                )
+            )
+            continue
+        sink.discard_staging(scores_root, ref.season, ref.night, keep=key)
+        stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
+        stage.mkdir(parents=True, exist_ok=True)
+        run = _run_identity(stage)
+        slices = zstore.shard_slices(want["n_stamps"], zstore.shard_stamps_of(ref.path))
+        plan = {"ref": ref, "stage": stage, "want": want, "run": run, "left": 0, "stats": {}}
+        for i, sl in enumerate(slices):
+            part = sink.part_path(stage, i)
+            if sink.part_rows(part) == sl.stop - sl.start:
+                plan["stats"][i] = _part_stats(part)  # resumed: done in an earlier run
+                continue
+            fut = client.submit(
+                score_shard,
+                str(ref.path),
+                sl.start,
+                sl.stop,
+                str(part),
+                str(keras_path),
+                threshold,
+                cfg.batch_size,
+                cfg.mixed_precision,
+                run["run_id"],
+                run["scored_at"],
+                pure=False,
+            )
+            jobs[fut] = ((ref.season, ref.night), i)
+            plan["left"] += 1
+        plans[(ref.season, ref.night)] = plan
+    bar = tqdm(total=len(jobs), desc="score", unit="shard", disable=not progress or not jobs)
+    for fut in as_completed(jobs):
+        k, i = jobs[fut]
+        plan = plans[k]
+        plan["stats"][i] = fut.result()
+        plan["left"] -= 1
+        bar.update(1)
+        if plan["left"] == 0:  # publish each night as soon as its last shard lands
+            summary.nights.append(_publish(plan, scores_root, card, threshold))
+    bar.close()
+    for plan in plans.values():
+        if not jobs_of(plan, jobs):  # every part was already staged by an earlier, killed run
+            summary.nights.append(_publish(plan, scores_root, card, threshold))
+    summary.nights.sort(key=lambda n: (n.season, n.night))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def jobs_of(plan: dict, jobs: dict) -> bool:
+    """Whether any task of this run belonged to the plan's night."""
+    k = (plan["ref"].season, plan["ref"].night)
+    return any(v[0] == k for v in jobs.values())
+
+
+def _run_identity(stage: Path) -> dict:
+    """The run id and time of a night's scoring, kept in staging so a resumed run reuses them."""
+    path = stage / "_run.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        run = {
+            "run_id": uuid.uuid4().hex,
+            "scored_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        }
+        write_bytes_atomic(path, json.dumps(run).encode())
+        return run
+
+
+def _part_stats(part: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(part, columns=["is_candidate", "score"])
+    return {
+        "n": t.num_rows,
+        "n_candidates": int(np.asarray(t["is_candidate"]).sum()),
+        "n_errors": t["score"].null_count,
+    }
+
+
+def _publish(plan: dict, scores_root, card, threshold: float) -> NightScore:
+    ref, stats = plan["ref"], plan["stats"].values()
+    n = sum(s["n"] for s in stats)
+    if n != plan["want"]["n_stamps"]:
+        raise ScoringError(
+            f"{ref.season}/{ref.night}: {n} rows scored, expected {plan['want']['n_stamps']}"
+        )
+    n_cand = sum(s["n_candidates"] for s in stats)
+    n_err = sum(s["n_errors"] for s in stats)
+    (plan["stage"] / "_run.json").unlink(missing_ok=True)
+    manifest = {
+        **plan["want"],
+        **plan["run"],
+        "season": ref.season,
+        "night": ref.night,
+        "n_candidates": n_cand,
+        "n_errors": n_err,
+        "model_name": card.name,
+        "model_version": card.version,
+        "training_data": card.training_data,
+    }
+    dest = sink.publish_night(plan["stage"], scores_root, ref.season, ref.night, manifest)
+    return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)
