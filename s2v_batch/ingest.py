@@ -324,6 +324,32 @@ def ingest(
     return summary
 
 
+def plan_shards(
+    pieces: list[tuple[str, np.ndarray]], shard_stamps: int
+) -> list[tuple[int, list[tuple[str, np.ndarray]]]]:
+    """Cut ordered ``(source, rows)`` pieces into whole output shards.
+
+    Returns ``(start, pieces)`` per shard: starts are multiples of ``shard_stamps``, every shard
+    but the last is full, and the rows keep their order.
+    """
+    shards: list[tuple[int, list[tuple[str, np.ndarray]]]] = []
+    start, current, filled = 0, [], 0
+    for src, rows in pieces:
+        off = 0
+        while off < len(rows):
+            take = min(shard_stamps - filled, len(rows) - off)
+            current.append((src, rows[off : off + take]))
+            filled += take
+            off += take
+            if filled == shard_stamps:
+                shards.append((start, current))
+                start += filled
+                current, filled = [], 0
+    if filled:
+        shards.append((start, current))
+    return shards
+
+
 def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
     season, night = key
     quarantine: list[dict] = []
@@ -384,22 +410,7 @@ def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
         shard_stamps=cfg.shard_stamps,
         chunk_stamps=cfg.chunk_stamps,
     )
-    # Cut the ordered pieces into whole output shards.
-    shards = []
-    cursor, cur_pieces, cur_n = 0, [], 0
-    for npy, rows in pieces_all:
-        off = 0
-        while off < len(rows):
-            take = min(cfg.shard_stamps - cur_n, len(rows) - off)
-            cur_pieces.append((npy, rows[off : off + take]))
-            cur_n += take
-            off += take
-            if cur_n == cfg.shard_stamps:
-                shards.append((cursor, cur_pieces))
-                cursor += cur_n
-                cur_pieces, cur_n = [], 0
-    if cur_n:
-        shards.append((cursor, cur_pieces))
+    shards = plan_shards(pieces_all, cfg.shard_stamps)
     return {
         "key": key,
         "partial": str(partial),
