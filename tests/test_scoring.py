@@ -1,0 +1,267 @@
+"""Scoring reliability with real processes: killed workers, a killed `s2v score`, model swaps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s2v_batch import sink
+from s2v_batch import store as zstore
+from s2v_batch.config import ScoreConfig
+from s2v_batch.scoring import ScoringError, score
+from s2v_batch.simulator import simulate_stamps
+
+N_STAMPS = 1500
+SHARD = 128
+CFG = ScoreConfig(batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            processes=True,
+            env={
+                "TF_NUM_INTRAOP_THREADS": "1",
+                "TF_NUM_INTEROP_THREADS": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+            },
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def _make_model(out: Path, name: str, seed: int) -> Path:
+    import keras
+
+    from s2v_batch.model import ModelCard, build_model, save_artifact
+
+    keras.utils.set_random_seed(seed)
+    card = ModelCard(
+        name=name,
+        version="1",
+        architecture="vgg6",
+        threshold=0.5,
+        target_recall=0.99,
+        training_data={"description": "untrained test model", "simulated": True},
+    )
+    return save_artifact(build_model("vgg6"), card, out)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return _make_model(d, "test-a", 1), _make_model(d, "test-b", 2)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    batch = simulate_stamps(N_STAMPS, np.random.default_rng(5))
+    pixels = np.nan_to_num(batch.pixels, nan=0.0)
+    ids = np.arange(N_STAMPS, dtype=np.int64) + 40_000_000
+    zstore.write_night(
+        zstore.night_path(root, "Y1", 20130901),
+        pixels,
+        ids,
+        batch.labels,
+        season="Y1",
+        night=20130901,
+        shard_stamps=SHARD,
+        chunk_stamps=64,
+        attrs={"input_fingerprint": "test"},
+    )
+    lab = batch.labels.copy()
+    lab[:100] = -1  # some unknown labels: null in Parquet
+    zstore.write_night(
+        zstore.night_path(root, "Y2", 20140815),
+        pixels[:300],
+        ids[:300],
+        lab[:300],
+        season="Y2",
+        night=20140815,
+        shard_stamps=SHARD,
+        chunk_stamps=64,
+        attrs={"input_fingerprint": "test2"},
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean(client, stored, models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    s = score(stored, out, client, model_path=models[0], config=CFG, progress=False)
+    assert s.n_stamps == N_STAMPS + 300
+    return out
+
+
+def _night(root: Path, season="Y1") -> pd.DataFrame:
+    return pd.read_parquet(root, filters=[("season", "==", season)]).sort_values("stamp_id")
+
+
+def test_scores_contract(clean):
+    df = _night(clean)
+    assert len(df) == N_STAMPS and df.stamp_id.is_unique
+    assert df.score.dtype == np.float32 and df.score.between(0, 1).all()
+    assert (df.is_candidate == (df.score >= df.threshold)).all()
+    assert df.model_sha256.nunique() == 1 and df.run_id.nunique() == 1
+    assert str(df.scored_at.dtype).startswith("datetime64")
+    assert df.error.isna().all()
+    assert set(df.season.astype(str)) == {"Y1"}
+    y2 = _night(clean, "Y2")
+    assert y2.label.isna().sum() == 100  # -1 becomes null
+    typed = sink.read_scores(clean)
+    assert typed.night.dtype == np.int32 and len(typed) == N_STAMPS + 300
+    m = sink.read_manifest(clean, "Y1", 20130901)
+    assert m["n_stamps"] == N_STAMPS and m["model_name"] == "test-a"
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    da_, db_ = _night(a), _night(b)
+    np.testing.assert_array_equal(da_.stamp_id.to_numpy(), db_.stamp_id.to_numpy())
+    np.testing.assert_allclose(da_.score.to_numpy(), db_.score.to_numpy(), atol=1e-6)
+    assert not list((a / "_staging").rglob("*.parquet")) if (a / "_staging").exists() else True
+
+
+def test_worker_killed_mid_run(client, stored, models, clean, tmp_path):
+    out = tmp_path / "scores"
+    pids = client.run(os.getpid)
+    result: dict = {}
+
+    def run():
+        result["s"] = score(
+            stored, out, client, model_path=models[0], config=CFG, season="Y1", progress=False
+        )
+
+    t = threading.Thread(target=run)
+    t.start()
+    stage = out / "_staging"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(stage.rglob("part-*.parquet")):
+        time.sleep(0.02)
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=300)
+    assert not t.is_alive()
+    assert result["s"].n_stamps == N_STAMPS
+    _assert_same(out, clean)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_two_models_only_the_second_remains(client, stored, models, tmp_path):
+    out = tmp_path / "scores"
+    score(stored, out, client, model_path=models[0], config=CFG, night=20130901, progress=False)
+    score(stored, out, client, model_path=models[1], config=CFG, night=20130901, progress=False)
+    df = _night(out)
+    assert len(df) == N_STAMPS and df.stamp_id.is_unique
+    assert set(df.model_version) == {"test-b-1"}
+    assert len(list(sink.night_dir(out, "Y1", 20130901).glob("part-*.parquet"))) == -(
+        -N_STAMPS // SHARD
+    )
+
+
+def test_skip_complete_and_threshold_override(client, stored, models, tmp_path):
+    out = tmp_path / "scores"
+    score(stored, out, client, model_path=models[0], config=CFG, progress=False)
+    again = score(
+        stored, out, client, model_path=models[0], config=CFG, skip_complete=True, progress=False
+    )
+    assert {n.status for n in again.nights} == {"skipped"}
+    other = score(
+        stored,
+        out,
+        client,
+        model_path=models[0],
+        config=ScoreConfig(batch_size=128, threshold=0.0),
+        skip_complete=True,
+        progress=False,
+    )
+    assert {n.status for n in other.nights} == {"scored"}
+    assert other.n_candidates == N_STAMPS + 300
+
+
+def test_nonfinite_pixels_get_error_entries(client, models, tmp_path):
+    root = tmp_path / "store"
+    px = np.nan_to_num(simulate_stamps(200, np.random.default_rng(1)).pixels, nan=0.0)
+    path = zstore.write_night(
+        zstore.night_path(root, "Y1", 20130905),
+        px,
+        np.arange(200),
+        np.zeros(200, np.int8),
+        season="Y1",
+        night=20130905,
+        shard_stamps=SHARD,
+        chunk_stamps=64,
+    )
+    arr = zstore.stamps_array(path, mode="r+")
+    block = arr[0:SHARD]
+    block[3, 10, 10, 2] = np.nan
+    block[7, :, :, 0] = np.inf
+    arr[0:SHARD] = block
+    s = score(root, tmp_path / "scores", client, model_path=models[0], config=CFG, progress=False)
+    assert s.n_errors == 2
+    df = _night(tmp_path / "scores").set_index("stamp_id")
+    assert df.score.isna().sum() == 2 and not df.is_candidate[[3, 7]].any()
+    assert "diff: 1" in df.error[3] and "srch: 2601" in df.error[7]
+    assert df.error.notna().sum() == 2
+
+
+def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):
+    with pytest.raises(ScoringError, match="no stored nights"):
+        score(stored, tmp_path, client, model_path=models[0], season="Y6", progress=False)
+
+
+@pytest.mark.slow
+def test_killed_score_process_resumes(stored, models, clean, tmp_path):
+    out = tmp_path / "scores"
+    cmd = [
+        sys.executable,
+        "-m",
+        "s2v_batch.cli",
+        "score",
+        str(stored),
+        "--model",
+        str(models[0]),
+        "--out",
+        str(out),
+        "--season",
+        "Y1",
+        "--batch-size",
+        "128",
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "_staging").rglob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not sink.night_dir(out, "Y1", 20130901).exists()
+    staged = len(list((out / "_staging").rglob("part-*.parquet")))
+    assert 0 < staged < -(-N_STAMPS // SHARD)
+    run_id = json.loads(next((out / "_staging").rglob("_run.json")).read_text())["run_id"]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"score: {N_STAMPS} stamps" in again.stdout
+    _assert_same(out, clean)
+    assert set(_night(out).run_id) == {run_id}  # the resumed run kept its identity
