@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import struct
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +40,46 @@ def _gif_plugin():
     return GifImagePlugin.GifImageFile
 
 
+def _gif_image_block(data: bytes) -> tuple[int, int, int, bool, bytes | None, int, bool]:
+    """Walk a GIF's blocks to its first image: (width, height, LZW bits, interlaced, palette,
+    data offset, whether the frame fills the logical screen)."""
+    if data[:6] not in (b"GIF87a", b"GIF89a"):
+        raise StampError("corrupt gif (no GIF signature)")
+    sw, sh = struct.unpack_from("<HH", data, 6)
+    packed = data[10]
+    pos = 13
+    palette = None
+    if packed & 0x80:
+        n = 3 << ((packed & 7) + 1)
+        palette = data[pos : pos + n]
+        pos += n
+    while True:
+        block = data[pos]
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+            while data[pos]:
+                pos += data[pos] + 1
+            pos += 1
+        elif block == 0x2C:  # image descriptor
+            x0, y0, w, h = struct.unpack_from("<HHHH", data, pos + 1)
+            ip = data[pos + 9]
+            pos += 10
+            if ip & 0x80:
+                n = 3 << ((ip & 7) + 1)
+                palette = data[pos : pos + n]
+                pos += n
+            full = (x0, y0, w, h) == (0, 0, sw, sh)
+            return w, h, data[pos], bool(ip & 0x40), palette, pos + 1, full
+        else:
+            raise StampError("corrupt gif (no image block)")
+
+
 def decode_gif(data: bytes, size: int) -> np.ndarray:
     """Decode one 8-bit GIF channel to a ``(size, size)`` uint8 grey array.
+
+    The common case (one frame filling the screen) calls Pillow's C LZW decoder directly, about
+    3x faster than ``Image.open`` on tiny files, whose cost is Python header parsing; anything
+    unusual goes through Pillow's full reader.
 
     Raises
     ------
@@ -50,24 +89,42 @@ def decode_gif(data: bytes, size: int) -> np.ndarray:
     if not data:
         raise StampError("empty file")
     try:
+        w, h, bits, interlace, palette, offset, full = _gif_image_block(data)
+    except (IndexError, struct.error):
+        raise StampError("corrupt gif (truncated header)") from None
+    if (h, w) != (size, size) and full:
+        raise StampError(f"shape {(h, w)}, expected {(size, size)}")
+    if not full or not 1 <= bits <= 12:
+        return _decode_gif_pillow(data, size)
+    from PIL import Image
+
+    core = Image.core.new("L", (w, h))
+    decoder = Image.core.gif_decoder("L", bits, interlace, -1)
+    try:
+        decoder.setimage(core, (0, 0, w, h))
+        status, err = decoder.decode(data[offset:])
+    finally:
+        decoder.cleanup()
+    if err < 0:
+        raise StampError(f"corrupt gif (decoder error {err})")
+    if status >= 0:  # the decoder wants more data than the file holds
+        raise StampError("corrupt gif (truncated image data)")
+    idx = np.asarray(Image.Image()._new(core))
+    if palette is None:
+        return idx
+    # Grey-scale survey GIFs: R = G = B, so the red component maps indices to grey.
+    lut = np.zeros(256, np.uint8)
+    reds = np.frombuffer(palette, np.uint8)[0::3]
+    lut[: len(reds)] = reds
+    return lut[idx]
+
+
+def _decode_gif_pillow(data: bytes, size: int) -> np.ndarray:
+    try:
         im = _gif_plugin()(io.BytesIO(data))
         im.load()
-        idx = np.asarray(im)
-        if im.mode == "P":
-            # Map palette indices to grey through the palette's first (red) component: the
-            # survey's GIFs are grey-scale, so R = G = B.
-            pal = np.frombuffer(bytes(im.getpalette() or []), np.uint8)
-            lut = np.zeros(256, np.uint8)
-            reds = pal[0::3][:256]
-            lut[: len(reds)] = reds
-            arr = lut[idx]
-        elif im.mode == "L":
-            arr = idx
-        else:
-            arr = np.asarray(im.convert("L"))
-    except StampError:
-        raise
-    except Exception as exc:  # PIL raises many types for corrupt data
+        arr = np.asarray(im.convert("L"))
+    except Exception as exc:  # Pillow raises many types for corrupt data
         raise StampError(f"corrupt gif ({type(exc).__name__}: {exc})") from None
     if arr.shape != (size, size):
         raise StampError(f"shape {arr.shape}, expected {(size, size)}")
