@@ -404,41 +404,105 @@ def _iter_files(unit: Unit) -> Iterator[tuple[str, str, list]]:
         yield id_text, os.path.dirname(where), chans
 
 
+class TarDamaged(Exception):
+    """A tar archive that is truncated or corrupt from some point on."""
+
+
+_ZERO_BLOCK = bytes(512)
+_PLAIN_TYPES = (b"0", b"\0", b"7")
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    text = field.strip(b" \0")
+    return int(text, 8) if text else 0
+
+
+def tar_members(path: str) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, data)`` of the regular files of a plain tar archive, streaming.
+
+    Reads 512-byte headers directly (several times faster than :mod:`tarfile` for archives of
+    tiny files), checking each header's checksum; archives with pax or GNU long-name headers are
+    handed to :mod:`tarfile`.
+
+    Raises
+    ------
+    TarDamaged
+        At the first truncated or corrupt point; the members before it have been yielded.
+    """
+    done = 0
+    with open(path, "rb", buffering=1 << 20) as f:
+        while True:
+            hdr = f.read(512)
+            if not hdr or hdr == _ZERO_BLOCK:
+                return
+            if len(hdr) < 512:
+                raise TarDamaged("truncated tar archive (a header is cut short)")
+            try:
+                chk = _octal(hdr[148:156])
+                size = _octal(hdr[124:136])
+            except ValueError:
+                raise TarDamaged(f"corrupt tar header at byte {f.tell() - 512}") from None
+            if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+                raise TarDamaged(f"corrupt tar header at byte {f.tell() - 512} (bad checksum)")
+            kind = hdr[156:157]
+            if kind in (b"x", b"g", b"L", b"K"):
+                break  # extended headers: let tarfile read the rest
+            name = hdr[:100].split(b"\0", 1)[0]
+            if hdr[257:262] == b"ustar":
+                prefix = hdr[345:500].split(b"\0", 1)[0]
+                if prefix:
+                    name = prefix + b"/" + name
+            name_s = name.decode("utf-8", "replace")
+            data = f.read((size + 511) & ~511)
+            if len(data) < size:
+                raise TarDamaged(f"truncated tar archive at {name_s}")
+            if kind in _PLAIN_TYPES:
+                done += 1
+                yield name_s, data[:size]
+    yield from _tar_members_tarfile(path, skip=done)
+
+
+def _tar_members_tarfile(path: str, skip: int) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(path, mode="r|") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                yield member.name, tf.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise TarDamaged(f"unreadable tar archive ({type(exc).__name__}: {exc})") from None
+
+
 def _iter_tar(archive: str, failures: list[str]) -> Iterator[tuple[str, str, list]]:
     """Yield stamps of an archive in member order, streaming (memory does not grow with it)."""
     pending: dict[tuple[str, str], list] = {}  # insertion-ordered: member order
     try:
-        with tarfile.open(archive, mode="r|") as tf:
-            for member in tf:
-                m = STAMP_FILE_RE.match(os.path.basename(member.name))
-                if not member.isfile() or m is None:
-                    continue
-                key = (os.path.dirname(member.name), m.group(2))
-                slots = pending.setdefault(key, [None, None, None])
-                ch = _CH_INDEX[m.group(1).lower()]
-                try:
-                    data = tf.extractfile(member).read()
-                except Exception as exc:
-                    failures.append(f"truncated tar archive at {member.name} ({exc})")
-                    raise _Truncated from None
-                where = f"{archive}:{member.name}"
-                if slots[ch] is not None:
-                    slots[ch] = (where, StampError(f"{m.group(1)} appears twice in the archive"))
-                else:
-                    slots[ch] = (where, data)
-                if all(s is not None for s in slots):
-                    del pending[key]
-                    yield key[1], f"{archive}:{key[0]}", slots
-    except _Truncated:
-        pass
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        failures.append(f"unreadable tar archive ({type(exc).__name__}: {exc})")
+        for name, data in tar_members(archive):
+            m = STAMP_FILE_RE.match(os.path.basename(name))
+            if m is None:
+                continue
+            key = (os.path.dirname(name), m.group(2))
+            slots = pending.setdefault(key, [None, None, None])
+            ch = _CH_INDEX[m.group(1).lower()]
+            where = f"{archive}:{name}"
+            if slots[ch] is not None:
+                slots[ch] = (where, StampError(f"{m.group(1)} appears twice in the archive"))
+            else:
+                slots[ch] = (where, data)
+            if slots[0] is not None and slots[1] is not None and slots[2] is not None:
+                del pending[key]
+                yield key[1], f"{archive}:{key[0]}", slots
+    except TarDamaged as exc:
+        failures.append(str(exc))
+    except OSError as exc:
+        failures.append(f"unreadable tar archive ({exc.strerror or exc})")
     for key, slots in pending.items():
         yield key[1], f"{archive}:{key[0]}", slots
-
-
-class _Truncated(Exception):
-    pass
 
 
 def read_unit(unit: Unit, size: int) -> UnitData:
