@@ -14,7 +14,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,20 @@ def score_block(
     return scores, reasons
 
 
+def prefetched_blocks(arr, start: int, stop: int, step: int) -> Iterator[np.ndarray]:
+    """Read ``arr[start:stop]`` in blocks of ``step``; the next block is read and decompressed in
+    a background thread while the caller scores the current one (it keeps a GPU fed)."""
+    edges = [*range(start, stop, step), stop]
+    if len(edges) < 2:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(arr.__getitem__, slice(edges[0], edges[1]))
+        for a, b in zip(edges[1:-1], edges[2:], strict=True):
+            cur, nxt = nxt, pool.submit(arr.__getitem__, slice(a, b))
+            yield cur.result()
+        yield nxt.result()
+
+
 def score_shard(
     night_path: str,
     start: int,
@@ -99,10 +114,16 @@ def score_shard(
     import zarr
 
     group = zarr.open_group(night_path, mode="r")
-    pixels = group["stamps"][start:stop]
     stamp_id = group["stamp_id"][start:stop]
     label = group["label"][start:stop]
-    scores, reasons = score_block(pixels, model_path, batch_size, mixed_precision)
+    arr = group["stamps"]
+    step = -(-2 * batch_size // arr.chunks[0]) * arr.chunks[0]  # whole inner chunks
+    scores_l, reasons = [], []
+    for pixels in prefetched_blocks(arr, start, stop, step):
+        sc, rs = score_block(pixels, model_path, batch_size, mixed_precision)
+        scores_l.append(sc)
+        reasons.extend(rs)
+    scores = np.concatenate(scores_l) if scores_l else np.zeros(0, np.float32)
     pred = get_predictor(model_path, batch_size, mixed_precision)
     n = len(scores)
     valid = np.isfinite(scores)

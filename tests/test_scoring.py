@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2v_batch import sink
 from s2v_batch import store as zstore
 from s2v_batch.config import ScoreConfig
-from s2v_batch.scoring import ScoringError, score
+from s2v_batch.scoring import ScoringError, prefetched_blocks, score
 from s2v_batch.simulator import simulate_stamps
 
 N_STAMPS = 1500
@@ -265,3 +267,14 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     assert f"score: {N_STAMPS} stamps" in again.stdout
     _assert_same(out, clean)
     assert set(_night(out).run_id) == {run_id}  # the resumed run kept its identity
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 3000), start=st.integers(0, 3000), step=st.integers(1, 700))
+def test_prefetched_blocks_cover_the_range_in_order(n, start, step):
+    a = np.arange(n)
+    start = min(start, n)
+    blocks = list(prefetched_blocks(a, start, n, step))
+    assert all(0 < len(b) <= step for b in blocks)
+    got = np.concatenate(blocks) if blocks else np.zeros(0, int)
+    np.testing.assert_array_equal(got, a[start:n])
