@@ -180,6 +180,18 @@ def cmd_report(a: argparse.Namespace) -> int:
         from .model import load_card
 
         card = load_card(a.model).to_dict()
+    else:  # provenance of the newest model that scored these nights, from their manifests
+        from .sink import manifests
+
+        found = sorted(manifests(a.scores, a.season), key=lambda m: m.get("scored_at", ""))
+        if found:
+            m = found[-1]
+            card = {
+                "name": m.get("model_name"),
+                "version": m.get("model_version"),
+                "sha256": m.get("model_sha256"),
+                "training_data": m.get("training_data") or {},
+            }
     r = write_reports(
         a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp, model_card=card
     )

@@ -77,6 +77,18 @@ def read_manifest(root: str | Path, season: str, night: int) -> dict[str, Any] |
         return None
 
 
+def manifests(root: str | Path, season: str | None = None) -> list[dict[str, Any]]:
+    """Manifests of every published night (optionally of one season), sorted by season, night."""
+    pattern = f"season={season}/night=*/{MANIFEST}" if season else f"season=*/night=*/{MANIFEST}"
+    out = []
+    for p in sorted(Path(root).glob(pattern)):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def publish_night(staging: Path, root: str | Path, season: str, night: int, manifest: dict) -> Path:
     """Swap a finished staging folder in as the night's scores (replacing any earlier ones)."""
     write_bytes_atomic(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
