@@ -1,0 +1,278 @@
+"""Tests of s2v_batch.train: splits, augmentation, streaming batches, the training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from s2v_batch import metrics
+from s2v_batch import model as M
+from s2v_batch import train as T
+from s2v_batch.conventions import CHANNELS
+from s2v_batch.simulator import render_gif, simulate_stamps
+from s2v_batch.stamps import combine_channels, decode_gif
+from s2v_batch.store import write_night
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_splitmix64_reference_values() -> None:
+    # The first two outputs of the reference SplitMix64 generator seeded with 0.
+    golden = np.int64(np.uint64(0x9E3779B97F4A7C15).view(np.int64))
+    out = T.splitmix64(np.array([0, golden], dtype=np.int64))
+    assert [int(v) for v in out] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+
+
+def test_split_fractions_and_stability() -> None:
+    ids = np.arange(200_000, dtype=np.int64) + 20_000_000
+    split = T.split_of(ids)
+    frac = np.bincount(split, minlength=3) / ids.size
+    np.testing.assert_allclose(frac, T.SPLIT_FRACTIONS, atol=0.005)
+    # Consecutive IDs are not correlated with their split.
+    assert abs(np.corrcoef(split[:-1], split[1:])[0, 1]) < 0.01
+    # The split of an ID never depends on what else is split with it.
+    np.testing.assert_array_equal(T.split_of(ids[::-7]), split[::-7])
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=50))
+def test_split_is_a_function_of_the_id(ids: list[int]) -> None:
+    a = np.asarray(ids, dtype=np.int64)
+    s = T.split_of(a)
+    assert s.dtype == np.int8 and set(s.tolist()) <= {0, 1, 2}
+    np.testing.assert_array_equal(s, [T.split_of(np.array([i], np.int64))[0] for i in ids])
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _symmetries(stamp: np.ndarray) -> list[np.ndarray]:
+    rots = [np.rot90(stamp, k, axes=(0, 1)) for k in range(4)]
+    return rots + [r[:, ::-1] for r in rots]
+
+
+def test_augment_applies_one_of_the_eight_symmetries() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 7, 7, 3)).astype(np.float32)
+    y = T.augment(x, np.random.default_rng(1))
+    used = set()
+    for a, b in zip(x, y, strict=True):
+        hits = [k for k, s in enumerate(_symmetries(a)) if np.array_equal(s, b)]
+        assert len(hits) == 1  # channels turned together, pixels unchanged
+        used.add(hits[0])
+    assert used == set(range(8))
+    np.testing.assert_array_equal(y, T.augment(x, np.random.default_rng(1)))
+    assert y.dtype == x.dtype
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _gif_pixels(pixels: np.ndarray) -> np.ndarray:
+    return np.stack(
+        [
+            np.stack(
+                [decode_gif(render_gif(p[:, :, c], ch), 51) for c, ch in enumerate(CHANNELS)], -1
+            )
+            for p in pixels
+        ]
+    )
+
+
+def _fits_pixels(pixels: np.ndarray) -> np.ndarray:
+    return np.stack([combine_channels(list(np.moveaxis(p, -1, 0)))[0] for p in pixels])
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Two small labelled stores: a gif-derived (uint8) night and a fits-derived (float32) one."""
+    root = tmp_path_factory.mktemp("stores")
+    out: dict[str, object] = {"root": root}
+    for k, (fmt, night) in enumerate((("gif", 20130901), ("fits", 20130902))):
+        b = simulate_stamps(260, np.random.default_rng(100 + k))
+        px = _gif_pixels(b.pixels) if fmt == "gif" else _fits_pixels(b.pixels)
+        ids = np.arange(len(b), dtype=np.int64) + 20_000_000 + 10_000 * k
+        label = b.labels.astype(np.int8)
+        label[::13] = -1  # some stamps without a label
+        write_night(
+            root / "Y1" / f"{night}.zarr",
+            px,
+            ids,
+            label,
+            season="Y1",
+            night=night,
+            shard_stamps=128,
+            chunk_stamps=32,
+        )
+        out[fmt] = (px, ids, label)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(stores, tmp_path_factory: pytest.TempPathFactory) -> T.TrainResult:
+    return T.train(
+        [stores["root"]],
+        tmp_path_factory.mktemp("model"),
+        arch="vgg6",
+        epochs=2,
+        batch_size=32,
+        learning_rate=1e-3,
+        patience=1,
+        shuffle_window=96,
+        name="unit",
+        version="3",
+        progress=False,
+        command="pytest",
+        training_data={"description": "simulated test stamps", "simulated": True, "seeds": [100]},
+    )
+
+
+def _id_store(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 night whose stamp i is the constant i (rotation-proof identity)."""
+    ids = np.arange(n, dtype=np.int64) * 7919 + seed
+    label = np.random.default_rng(seed).integers(-1, 2, n).astype(np.int8)
+    px = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 9, 9, 3))
+    write_night(
+        path,
+        np.ascontiguousarray(px),
+        ids,
+        label,
+        season="Y1",
+        night=20130905,
+        shard_stamps=64,
+        chunk_stamps=16,
+    )
+    return ids, label
+
+
+def test_training_batches_are_shuffled_deterministic_and_complete(tmp_path: Path) -> None:
+    path = tmp_path / "Y1" / "20130905.zarr"
+    ids, label = _id_store(path, 700, 5)
+    source = T._Source([path], unit_stamps=32)
+    train_idx = np.flatnonzero((label != -1) & (T.split_of(ids) == 0))
+    ds = T._TrainBatches(source, batch_size=20, seed=9, window=100)
+    assert len(ds) == train_idx.size // 20
+    peek = ds[1]  # Keras peeks at batches to learn their shapes: it must not disturb the run
+    epoch0 = [ds[i] for i in range(len(ds))]
+    np.testing.assert_array_equal(peek[0], epoch0[1][0])
+    seen = np.concatenate([b[0][:, 0, 0, 0] for b in epoch0]).astype(int)
+    assert len(set(seen.tolist())) == seen.size == len(ds) * 20  # no stamp twice in an epoch
+    assert set(seen.tolist()) <= set(train_idx.tolist())  # only labelled training stamps
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in epoch0]), label[seen])
+    assert not np.array_equal(seen, np.sort(seen))  # shuffled
+    ds.on_epoch_end()
+    seen1 = np.concatenate([ds[i][0][:, 0, 0, 0] for i in range(len(ds))]).astype(int)
+    assert not np.array_equal(seen1, seen)  # a new order every epoch
+    again = T._TrainBatches(T._Source([path], unit_stamps=32), batch_size=20, seed=9, window=100)
+    np.testing.assert_array_equal(again[3][0], epoch0[3][0])  # same seed, same batches
+    # Validation batches: every validation stamp once, in storage order.
+    val = T._EvalBatches(source, T.VALIDATION, 16)
+    got = np.concatenate([val[i][0][:, 0, 0, 0] for i in range(len(val))]).astype(int)
+    np.testing.assert_array_equal(got, np.flatnonzero((label != -1) & (T.split_of(ids) == 1)))
+
+
+def test_nonfinite_stamps_get_zero_weight(tmp_path: Path) -> None:
+    path = tmp_path / "Y1" / "20130906.zarr"
+    n = 64
+    px = np.random.default_rng(0).normal(size=(n, 9, 9, 3)).astype(np.float32)
+    px[::5, 2, 2, 1] = np.nan
+    write_night(
+        path, px, np.arange(n, dtype=np.int64), np.ones(n, np.int8), season="Y1", night=20130906
+    )
+    val = T._EvalBatches(T._Source([path]), T.TRAIN, 1000)
+    x, y, w = val[0]
+    assert np.isfinite(x).all()
+    expect = np.isfinite(px).all(axis=(1, 2, 3))[T.split_of(np.arange(n)) == 0]
+    np.testing.assert_array_equal(w, expect.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- train()
+
+
+def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) -> None:
+    r = trained
+    assert r.model_path.name == "unit-3.keras" and r.card_path.is_file()
+    model, card = M.load_artifact(r.model_path)
+    assert card == r.card
+    assert card.architecture == "vgg6" and card.target_recall == 0.99
+    assert card.training_command == "pytest"
+    td = card.training_data
+    assert td["simulated"] is True and td["seeds"] == [100]
+    assert len(td["stores"]) == 2
+    # Counts: labelled stamps only, split by the stamp_id hash.
+    counts = {0: 0, 1: 0, 2: 0}
+    for fmt in ("gif", "fits"):
+        _, ids, label = stores[fmt]
+        s = T.split_of(ids)[label != -1]
+        for k in counts:
+            counts[k] += int((s == k).sum())
+    assert td["n_stamps"] == {"train": counts[0], "validation": counts[1], "test": counts[2]}
+    assert (r.n_train, r.n_validation, r.n_test) == (counts[0], counts[1], counts[2])
+    assert card.test_metrics["n_labelled"] == counts[2]
+    assert set(card.test_metrics["by_stored_dtype"]) == {"gif (uint8)", "fits (float32)"}
+    assert 1 <= r.best_epoch <= r.epochs_run <= 2
+    json.loads(r.card_path.read_text())  # strict JSON (no NaN)
+    assert "threshold" in r.line()
+
+
+def test_threshold_keeps_the_target_recall_on_validation(trained, stores) -> None:
+    """Rescore the validation stamps from the saved file: the stored threshold keeps 99 %."""
+    pred = M.Predictor(trained.model_path, batch_size=64)
+    scores, labels = [], []
+    for fmt in ("gif", "fits"):
+        px, ids, label = stores[fmt]
+        sel = (T.split_of(ids) == T.VALIDATION) & (label != -1)
+        scores.append(pred.predict(px[sel]))
+        labels.append(label[sel])
+    s, lab = np.concatenate(scores), np.concatenate(labels)
+    c = metrics.confusion(s, lab, pred.threshold)
+    assert c.recall >= 0.99
+    assert c.tp == trained.card.validation_metrics["tp"]
+    assert c.fp == trained.card.validation_metrics["fp"]
+    # The threshold is the highest that keeps the target: any higher loses a real stamp.
+    assert metrics.confusion(s, lab, np.nextafter(np.float32(pred.threshold), 1)).recall < 0.99
+
+
+def test_train_refuses_bad_input(stores, tmp_path: Path) -> None:
+    root = stores["root"]
+    with pytest.raises(T.TrainingError, match="unknown architecture"):
+        T.train([root], tmp_path, arch="nope", progress=False)
+    with pytest.raises(T.TrainingError, match="epochs"):
+        T.train([root], tmp_path, epochs=0, progress=False)
+    with pytest.raises(T.TrainingError, match="target_recall"):
+        T.train([root], tmp_path, target_recall=1.5, progress=False)
+    with pytest.raises(T.TrainingError, match="does not exist"):
+        T.train([tmp_path / "missing"], tmp_path, progress=False)
+    with pytest.raises(T.TrainingError, match="not a complete night"):
+        T.train([tmp_path / "Y1" / "20130907.zarr"], tmp_path, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(T.TrainingError, match="no night datasets"):
+        T.train([empty], tmp_path, progress=False)
+    unl = tmp_path / "unl" / "Y1" / "20130908.zarr"
+    # Non-zero pixels: a shard holding only the fill value is not written (store.py).
+    write_night(
+        unl,
+        np.ones((20, 9, 9, 3), np.uint8),
+        np.arange(20, dtype=np.int64),
+        np.full(20, -1, np.int8),
+        season="Y1",
+        night=20130908,
+    )
+    with pytest.raises(T.TrainingError, match="no labelled stamps"):
+        T.train([unl], tmp_path, progress=False)
+    one = tmp_path / "one" / "Y1" / "20130909.zarr"
+    write_night(
+        one,
+        np.ones((50, 9, 9, 3), np.uint8),
+        np.arange(50, dtype=np.int64),
+        np.ones(50, np.int8),
+        season="Y1",
+        night=20130909,
+    )
+    with pytest.raises(T.TrainingError, match="no artifact stamps"):
+        T.train([one], tmp_path, progress=False)
