@@ -1,0 +1,79 @@
+"""Shared, generic test fixtures. Add yours; keep them generic and cheap until used (lazy imports)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Prefect reads its settings once, when first imported: give every test session a throwaway
+# Prefect home (database, logs, profiles) and no analytics, before any test module imports it.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="s2v-tests-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness: one temporary local server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A real ``distributed`` client on a LocalCluster bound to 127.0.0.1 (one 2-thread worker).
+
+    Built with :func:`s2v_batch.cluster.open_client`, so workers get the project's thread settings.
+    """
+    from s2v_batch.cluster import ClusterSpec, open_client
+
+    spec = ClusterSpec(
+        kind="local",
+        options={"n_workers": 1, "threads_per_worker": 2, "dashboard_address": "127.0.0.1:0"},
+        name="tests",
+    )
+    with open_client(spec) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def make_test_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory of small untrained model artifacts: ``make_test_model(name, version, seed)``.
+
+    Returns the ``.keras`` path (its card beside it); each distinct call is built once a session.
+    Different seeds give different weights, so a different sha256.
+    """
+    root = tmp_path_factory.mktemp("test-models")
+    made: dict[tuple[str, str, int], Path] = {}
+
+    def make(name: str = "test-model", version: str = "1", seed: int = 0) -> Path:
+        key = (name, version, seed)
+        if key not in made:
+            import keras
+
+            from s2v_batch.model import ModelCard, build_model, save_artifact
+
+            keras.utils.set_random_seed(seed)
+            card = ModelCard(
+                name=name,
+                version=version,
+                architecture="vgg6",
+                threshold=0.5,
+                target_recall=0.99,
+                training_data={"description": "untrained test model", "simulated": True},
+            )
+            made[key] = save_artifact(build_model("vgg6"), card, root / f"{name}-{version}-{seed}")
+        return made[key]
+
+    return make
