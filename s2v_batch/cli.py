@@ -370,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``s2v`` command."""
+    # Quiet start-up chatter in this process and the workers it spawns: progress bars and the
+    # summary line are the output. Must be set before TensorFlow or distributed are imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = build_parser().parse_args(argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
