@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import model as M
@@ -122,11 +122,15 @@ def test_uint8_and_float32_copies_score_the_same(sim_stamps, vgg6_loaded) -> Non
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    gain=st.floats(0.05, 200.0),
+    # |offset| / (gain * noise) <= 1000: the scale's floor, 1e-6 of the sky level, stays <= 0.1%.
+    gain=st.floats(0.5, 200.0),
     offset=st.floats(-500.0, 500.0),
     seed=st.integers(0, 2**31),
 )
 def test_normalisation_is_affine_invariant_per_channel(gain, offset, seed) -> None:
+    # Real stamps keep the sky level within ~100 sigma of the noise (counts or 8-bit renderings);
+    # beyond that the scale's floor (proportional to |level|, for float32 safety) takes over.
+    assume(abs(offset) <= 100 * gain)
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 1, size=(2, 51, 51, 3)).astype(np.float32)
     x[:, 20:24, 20:24, :] += 40.0  # a bright source
