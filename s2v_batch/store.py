@@ -164,7 +164,10 @@ def stamps_array(path: str | Path, mode: str = "r"):
     """The ``stamps`` zarr array of a night dataset."""
     import zarr
 
-    return zarr.open_array(Path(path) / "stamps", mode=mode)
+    # write_empty_chunks is a setting of the handle, not stored metadata: without it a shard of
+    # all-fill pixels is never written, and verification would take it for a lost shard.
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return zarr.open_array(Path(path) / "stamps", mode=mode)
 
 
 def shard_stamps_of(path: str | Path) -> int:
