@@ -65,9 +65,12 @@ def compiled_rate(model: Path, x: np.ndarray, batch: int) -> float:
 
     pred = Predictor(model, batch_size=batch)
     pred.predict(x[: batch * 2])  # trace
-    t0 = time.perf_counter()
-    pred.predict(x)
-    return len(x) / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(3):  # best of three: the ceiling the pipeline is compared with
+        t0 = time.perf_counter()
+        pred.predict(x)
+        best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
 
 
 def naive_rate(model: Path, night: Path, batch: int) -> float:
@@ -76,10 +79,13 @@ def naive_rate(model: Path, night: Path, batch: int) -> float:
 
     m = keras.saving.load_model(model, compile=False)
     m.predict(np.zeros((batch, 51, 51, 3), np.uint8), batch_size=batch, verbose=0)
-    t0 = time.perf_counter()
-    x = xr.open_zarr(night).stamps.values  # the whole night in one array
-    m.predict(x, batch_size=batch, verbose=0)
-    return len(x) / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        x = xr.open_zarr(night).stamps.values  # the whole night in one array
+        m.predict(x, batch_size=batch, verbose=0)
+        best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
 
 
 def e2e(store: Path, model: Path, workers: int, threads: int, batch: int) -> tuple[int, float, int]:
@@ -130,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     naive = naive_rate(model, night, a.batch)
     print("| path | stamps/s | ratio to compiled call |")
     print("|---|---|---|")
-    print(f"| compiled call on in-memory arrays (1 process, {THREADS} threads) | {comp:,.0f} | 1.00 |")
-    print(f"| naive: whole night in one array + model.predict | {naive:,.0f} | {naive / comp:.2f} |", flush=True)
+    print(f"| compiled call on in-memory arrays (1 process, {THREADS} threads, best of 3) | {comp:,.0f} | 1.00 |")
+    print(f"| naive: whole night in one array + model.predict (best of 2) | {naive:,.0f} | {naive / comp:.2f} |", flush=True)
     for workers, threads in ((1, THREADS), (THREADS, 1)):
         n, dt, rss = e2e(night.parent.parent, model, workers, threads, a.batch)
         print(f"| s2v score, Zarr -> Parquet, {workers} worker(s) x {threads} thread(s) | {n / dt:,.0f} | "

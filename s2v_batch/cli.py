@@ -115,7 +115,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         )
     for n in s.nights:
         if n.n_quarantined:
-            print(f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see quarantine-{n.night}.parquet)")
+            print(
+                f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see quarantine-{n.night}.parquet)"
+            )
     print(s.line())
     return 0
 
@@ -128,6 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not stores:
         raise SystemExit(f"s2v train: no stored nights under {', '.join(a.store)}")
     command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
+    data = {"description": a.data_description, "simulated": a.simulated}
     r = train(
         stores,
         a.out,
@@ -138,10 +141,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         seed=a.seed,
         name=a.name,
         version=a.version,
+        learning_rate=a.learning_rate,
+        patience=a.patience,
         progress=not a.no_progress,
         command=command,
+        training_data=data,
     )
-    print(f"train: {r.line()}" if hasattr(r, "line") else f"train: wrote {r}")
+    print(f"train: {r.line()}")
     return 0
 
 
@@ -155,6 +161,7 @@ def cmd_score(a: argparse.Namespace) -> int:
         batch_size=a.batch_size or base.batch_size,
         threshold=a.threshold if a.threshold is not None else base.threshold,
         mixed_precision=a.mixed_precision or base.mixed_precision,
+        part_stamps=base.part_stamps,
     )
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
@@ -243,7 +250,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
     out = run_demo(
-        a.workdir, nights=a.nights, stamps_per_night=a.stamps_per_night, seed=a.seed, cluster=a.cluster
+        a.workdir,
+        nights=a.nights,
+        stamps_per_night=a.stamps_per_night,
+        seed=a.seed,
+        cluster=a.cluster,
     )
     reports = out.get("index") or out.get("reports")
     print(f"demo: report at {reports}")
@@ -281,16 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stamps-per-night", type=_positive_int, default=1000, help="default 1000")
     s.add_argument("--format", choices=["gif", "fits", "tar"], default="gif", help="default gif")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--size", type=_positive_int, default=51, help="stamp edge in pixels (default 51)")
+    s.add_argument(
+        "--size", type=_positive_int, default=51, help="stamp edge in pixels (default 51)"
+    )
     s.add_argument("--first-night", type=_night, default=None, help="first night YYYYMMDD")
-    s.add_argument("--stamps-per-archive", type=_positive_int, default=1000, help="for --format tar")
+    s.add_argument(
+        "--stamps-per-archive", type=_positive_int, default=1000, help="for --format tar"
+    )
     _add_progress(s)
     s.set_defaults(fn=cmd_simulate)
 
     s = sub.add_parser("ingest", help="read raw stamps into one Zarr dataset per season/night")
-    s.add_argument("raw", help="raw root: gif/fits files and/or .tar archives under <season>/<YYYYMMDD>/")
+    s.add_argument(
+        "raw", help="raw root: gif/fits files and/or .tar archives under <season>/<YYYYMMDD>/"
+    )
     s.add_argument("--store", required=True, help="Zarr store root")
-    s.add_argument("--labels", metavar="CSV", help="autoscan labels CSV (OBJECT_TYPE 0 real, 1 artifact)")
+    s.add_argument(
+        "--labels", metavar="CSV", help="autoscan labels CSV (OBJECT_TYPE 0 real, 1 artifact)"
+    )
     s.add_argument("--season", type=_season, help="with --night: only this season")
     s.add_argument("--night", type=_night, action="append", help="only this night (repeatable)")
     s.add_argument("--config", metavar="YAML", help="pipeline config (ingest section)")
@@ -309,6 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--name", default="space2vec", help="model name in the card")
     s.add_argument("--version", default="1", help="model version in the card")
+    s.add_argument("--learning-rate", type=float, default=1.4e-4, help="Adam (default 1.4e-4)")
+    s.add_argument("--patience", type=_positive_int, default=3, help="early-stopping epochs (3)")
+    s.add_argument(
+        "--data-description",
+        required=True,
+        metavar="TEXT",
+        help="what the training data are, for the model card (e.g. 'DES Y1 autoscan stamps')",
+    )
+    sim = s.add_mutually_exclusive_group(required=True)
+    sim.add_argument(
+        "--simulated",
+        dest="simulated",
+        action="store_true",
+        help="the training stamps are simulated (reports will say so)",
+    )
+    sim.add_argument(
+        "--survey-data",
+        dest="simulated",
+        action="store_false",
+        help="the training stamps are real survey data",
+    )
     _add_progress(s)
     s.set_defaults(fn=cmd_train)
 
@@ -335,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
 
     for name, fn, helptext in (
-        ("nightly", cmd_nightly, "run the nightly Prefect flow for one night: ingest, score, report"),
+        (
+            "nightly",
+            cmd_nightly,
+            "run the nightly Prefect flow for one night: ingest, score, report",
+        ),
         ("backfill", cmd_backfill, "run the backfill Prefect flow over every season and night"),
     ):
         s = sub.add_parser(name, help=helptext)
@@ -346,12 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--season", type=_season, action="append", help="only these seasons")
             s.add_argument("--night", type=_night, action="append", help="only these nights")
-            s.add_argument("--max-concurrency", type=_positive_int, default=2, help="nights at once")
+            s.add_argument(
+                "--max-concurrency", type=_positive_int, default=2, help="nights at once"
+            )
         s.add_argument("--store", required=True, help="Zarr store root")
         s.add_argument("--out", required=True, help="Parquet scores root")
         s.add_argument("--reports", required=True, help="reports folder")
         s.add_argument("--model", help="model artifact (default: the shipped demo model)")
-        s.add_argument("--labels", metavar="CSV", help="labels CSV (default RAW/autoscan_features.3.csv)")
+        s.add_argument(
+            "--labels", metavar="CSV", help="labels CSV (default RAW/autoscan_features.3.csv)"
+        )
         s.add_argument("--config", metavar="YAML", help="pipeline config file")
         _add_cluster(s)
         if name == "nightly":

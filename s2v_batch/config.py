@@ -42,14 +42,17 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How scoring runs: model batch size, threshold override, mixed precision (GPUs)."""
+    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), and
+    stamps per task (one Parquet part each: small enough that every worker gets several)."""
 
     batch_size: int = 512
     threshold: float | None = None
     mixed_precision: bool = False
+    part_stamps: int = 2048
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
+        _positive("part_stamps", self.part_stamps)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
 

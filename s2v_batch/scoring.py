@@ -261,7 +261,7 @@ def score(
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
     summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
-    key = f"{card.sha256[:16]}-t{threshold:.6f}"
+    key = f"{card.sha256[:16]}-t{threshold:.6f}-p{cfg.part_stamps}"
     jobs: dict = {}
     plans: dict[tuple[str, int], dict] = {}
     for ref in refs:
@@ -295,7 +295,7 @@ def score(
         stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
         stage.mkdir(parents=True, exist_ok=True)
         run = _run_identity(stage)
-        slices = zstore.shard_slices(want["n_stamps"], zstore.shard_stamps_of(ref.path))
+        slices = zstore.shard_slices(want["n_stamps"], cfg.part_stamps)
         plan = {"ref": ref, "stage": stage, "want": want, "run": run, "left": 0, "stats": {}}
         for i, sl in enumerate(slices):
             part = sink.part_path(stage, i)

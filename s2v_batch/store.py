@@ -170,11 +170,6 @@ def stamps_array(path: str | Path, mode: str = "r"):
         return zarr.open_array(Path(path) / "stamps", mode=mode)
 
 
-def shard_stamps_of(path: str | Path) -> int:
-    """Stamps per shard of a night dataset."""
-    return int(stamps_array(path).shards[0])
-
-
 def write_stamps(path: str | Path, start: int, pixels: np.ndarray) -> None:
     """Write whole shards of pixels starting at stamp ``start`` (a shard boundary)."""
     arr = stamps_array(path, mode="r+")

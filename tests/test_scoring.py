@@ -25,7 +25,7 @@ from s2v_batch.simulator import simulate_stamps
 
 N_STAMPS = 1500
 SHARD = 128
-CFG = ScoreConfig(batch_size=128)
+CFG = ScoreConfig(batch_size=128, part_stamps=SHARD)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_skip_complete_and_threshold_override(client, stored, models, tmp_path):
         out,
         client,
         model_path=models[0],
-        config=ScoreConfig(batch_size=128, threshold=0.0),
+        config=ScoreConfig(batch_size=128, threshold=0.0, part_stamps=SHARD),
         skip_complete=True,
         progress=False,
     )
@@ -233,6 +233,8 @@ def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):
 @pytest.mark.slow
 def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     out = tmp_path / "scores"
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text(f"score:\n  part_stamps: {SHARD}\n")
     cmd = [
         sys.executable,
         "-m",
@@ -247,6 +249,8 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
         "Y1",
         "--batch-size",
         "128",
+        "--config",
+        str(cfgfile),
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
