@@ -77,3 +77,27 @@ def make_test_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def two_worker_client() -> Iterator[Any]:
+    """A real client on a LocalCluster of two single-threaded worker processes (127.0.0.1).
+
+    Module-scoped: tests that kill a worker leave the next module a fresh cluster.
+    """
+    from distributed import Client, LocalCluster
+
+    from s2v_batch.cluster import cpu_worker_env
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            processes=True,
+            env=cpu_worker_env(1),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -30,20 +30,8 @@ CFG = IngestConfig(unit_stamps=64, shard_stamps=128, chunk_stamps=32)
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            processes=True,
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+def client(two_worker_client):
+    return two_worker_client
 
 
 @pytest.fixture(scope="module")

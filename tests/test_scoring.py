@@ -29,25 +29,8 @@ CFG = ScoreConfig(batch_size=128, part_stamps=SHARD)
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            processes=True,
-            env={
-                "TF_NUM_INTRAOP_THREADS": "1",
-                "TF_NUM_INTEROP_THREADS": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            },
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+def client(two_worker_client):
+    return two_worker_client
 
 
 def _make_model(out: Path, name: str, seed: int) -> Path:
