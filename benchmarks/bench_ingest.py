@@ -114,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {w} | {n} | {dt:.2f} | {rate:,.0f} | {rate / w:,.0f} | {nrate:,.0f} | "
                   f"{rate / w / nrate:.1f}x | {max(rss) / 2**20:.0f} MiB |", flush=True)
     if a.memory_stamps:
-        print("\n| tar of gif, stamps | workers | seconds | stamps/s | peak RSS per worker (max) |")
-        print("|---|---|---|---|---|")
+        print("\n| tar of gif, stamps | workers | seconds | stamps/s | stamps/s per core | ratio per core to naive | peak RSS per worker (max) |")
+        print("|---|---|---|---|---|---|---|")
+        nrate = a.stamps / naive["gif"]
         for n in a.memory_stamps:
             raw = simulate_once(base, f"mem-{n}", n, fmt="tar", tar_member_format="gif")
-            got, dt, rss = run_ingest(raw, 2)
-            print(f"| {got} | 2 | {dt:.1f} | {got / dt:,.0f} | {max(rss) / 2**20:.0f} MiB |", flush=True)
+            for w in a.workers:
+                got, dt, rss = run_ingest(raw, w)
+                print(f"| {got} | {w} | {dt:.1f} | {got / dt:,.0f} | {got / dt / w:,.0f} | "
+                      f"{got / dt / w / nrate:.1f}x | {max(rss) / 2**20:.0f} MiB |", flush=True)
     return 0
 
 
