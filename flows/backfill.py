@@ -31,10 +31,10 @@ from flows.nightly import (
     resolve_inputs,
     retry_on_transient,
     run_report,
-    scores_complete,
 )
 from s2v_batch import store as zstore
 from s2v_batch.conventions import is_night, is_season
+from s2v_batch.scoring import scores_complete
 
 #: Threads the flow's task runner holds; ``max_concurrency`` may not exceed it.
 MAX_CONCURRENCY = 16

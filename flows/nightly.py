@@ -47,6 +47,7 @@ from s2v_batch import sink
 from s2v_batch import store as zstore
 from s2v_batch.config import IngestConfig, PipelineConfig, ScoreConfig
 from s2v_batch.conventions import is_night, is_season
+from s2v_batch.scoring import scores_complete
 
 #: DES observes with DECam at CTIO, Chile: nights and the schedule follow its local time.
 OBSERVATORY_TZ = "America/Santiago"
@@ -560,34 +561,6 @@ def ingest_complete(store: str | os.PathLike[str], season: str, night: int) -> b
     return zstore.verify_night(zstore.night_path(store, season, night)) is not None
 
 
-def scores_complete(
-    out: str | os.PathLike[str],
-    season: str,
-    night: int,
-    *,
-    store_fingerprint: str | None,
-    model_sha256: str,
-    threshold: float,
-    n_stamps: int | None = None,
-) -> bool:
-    """Whether the night's scores are published for this model, threshold and stored data.
-
-    The same test ``scoring.score(skip_complete=True)`` makes from the night's manifest.
-    """
-    m = sink.read_manifest(out, season, night)
-    if not m:
-        return False
-    try:
-        ok = (
-            m.get("model_sha256") == model_sha256
-            and m.get("store_fingerprint") == store_fingerprint
-            and float(m.get("threshold")) == float(threshold)
-        )
-    except (TypeError, ValueError):
-        return False
-    return ok and (n_stamps is None or m.get("n_stamps") == n_stamps)
-
-
 def report_complete(reports: str | os.PathLike[str], season: str, night: int | None) -> bool:
     """Whether the season's report (and the night's, when given) is on disk."""
     from s2v_batch.report import REPORT_FILES
@@ -723,13 +696,16 @@ def nightly_flow(
             return_state=True,
         )
         ing = ing_state.result()
-        sc_fresh = scores_complete(
-            inputs.out,
-            s,
-            night_i,
-            store_fingerprint=ing["store_fingerprint"],
-            model_sha256=inputs.card["sha256"],
-            threshold=inputs.threshold,
+        sc_fresh = (
+            scores_complete(
+                inputs.out,
+                s,
+                night_i,
+                store_fingerprint=ing["store_fingerprint"],
+                model_sha256=inputs.card["sha256"],
+                threshold=inputs.threshold,
+            )
+            is not None
         )
         sc_task = score_night.with_options(
             result_storage=inputs.results, refresh_cache=_refresh(sc_fresh)

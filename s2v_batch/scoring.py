@@ -195,10 +195,30 @@ class ScoreSummary:
         )
 
 
-def _manifest_matches(manifest: dict | None, want: dict) -> bool:
-    if not manifest:
-        return False
-    return all(manifest.get(k) == v for k, v in want.items())
+def scores_complete(
+    scores_root: str | Path,
+    season: str,
+    night: int,
+    *,
+    store_fingerprint: str | None,
+    model_sha256: str,
+    threshold: float,
+    n_stamps: int | None = None,
+) -> dict | None:
+    """The night's manifest when its published scores are for this model, threshold and stored
+    data (and ``n_stamps`` stamps, when given); else None. The test ``skip_complete`` applies."""
+    m = sink.read_manifest(scores_root, season, night)
+    if not m:
+        return None
+    try:
+        ok = (
+            m.get("model_sha256") == model_sha256
+            and m.get("store_fingerprint") == store_fingerprint
+            and float(m.get("threshold")) == float(threshold)
+        )
+    except (TypeError, ValueError):
+        return None
+    return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
 
 
 def score(
@@ -275,10 +295,16 @@ def score(
             "store_fingerprint": attrs.get("input_fingerprint"),
             "n_stamps": int(attrs["n_stamps"]),
         }
-        if skip_complete and _manifest_matches(
-            sink.read_manifest(scores_root, ref.season, ref.night), want
-        ):
-            m = sink.read_manifest(scores_root, ref.season, ref.night)
+        m = skip_complete and scores_complete(
+            scores_root,
+            ref.season,
+            ref.night,
+            store_fingerprint=want["store_fingerprint"],
+            model_sha256=card.sha256,
+            threshold=threshold,
+            n_stamps=want["n_stamps"],
+        )
+        if m:
             summary.nights.append(
                 NightScore(
                     ref.season,
@@ -297,6 +323,7 @@ def score(
         run = _run_identity(stage)
         slices = zstore.shard_slices(want["n_stamps"], cfg.part_stamps)
         plan = {"ref": ref, "stage": stage, "want": want, "run": run, "left": 0, "stats": {}}
+        plans[(ref.season, ref.night)] = plan
         for i, sl in enumerate(slices):
             part = sink.part_path(stage, i)
             if sink.part_rows(part) == sl.stop - sl.start:
@@ -318,7 +345,6 @@ def score(
             )
             jobs[fut] = ((ref.season, ref.night), i)
             plan["left"] += 1
-        plans[(ref.season, ref.night)] = plan
     bar = tqdm(total=len(jobs), desc="score", unit="shard", disable=not progress or not jobs)
     for fut in as_completed(jobs):
         k, i = jobs[fut]
@@ -330,17 +356,11 @@ def score(
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     bar.close()
     for plan in plans.values():
-        if not jobs_of(plan, jobs):  # every part was already staged by an earlier, killed run
+        if "published" not in plan:  # every part was staged by an earlier, killed run
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     summary.nights.sort(key=lambda n: (n.season, n.night))
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def jobs_of(plan: dict, jobs: dict) -> bool:
-    """Whether any task of this run belonged to the plan's night."""
-    k = (plan["ref"].season, plan["ref"].night)
-    return any(v[0] == k for v in jobs.values())
 
 
 def _run_identity(stage: Path) -> dict:
@@ -390,4 +410,5 @@ def _publish(plan: dict, scores_root, card, threshold: float) -> NightScore:
         "training_data": card.training_data,
     }
     dest = sink.publish_night(plan["stage"], scores_root, ref.season, ref.night, manifest)
+    plan["published"] = True
     return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)
