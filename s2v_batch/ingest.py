@@ -265,7 +265,7 @@ def ingest(
             n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
             summary.nights.append(NightResult(k[0], k[1], "skipped", n_st + n_q, n_st, n_q, path))
             if lab is not None:
-                seen_ids.append(np.asarray(zstore.open_night(path)["stamp_id"].values))
+                seen_ids.append(zstore.read_stamp_ids(path))
         else:
             todo.append(k)
 
@@ -294,7 +294,7 @@ def ingest(
         for ref in zstore.list_nights(store_root, season):
             if (ref.season, ref.night) in staged or zstore.verify_night(ref.path) is None:
                 continue
-            for sid in zstore.open_night(ref.path)["stamp_id"].values.tolist():
+            for sid in zstore.read_stamp_ids(ref.path).tolist():
                 ids.setdefault(sid, f"night {ref.night}")
         first_seen[season] = ids
 

@@ -191,6 +191,13 @@ def missing_shards(path: str | Path) -> list[int]:
     return [i for i in range(nshards) if not (base / str(i) / "0" / "0" / "0").is_file()]
 
 
+def read_stamp_ids(path: str | Path) -> np.ndarray:
+    """The ``stamp_id`` array of a night (already verified by the caller): 8 bytes a stamp."""
+    import zarr
+
+    return zarr.open_array(Path(path) / "stamp_id", mode="r")[:]
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The dataset attributes of a night (``{}`` when it cannot be read)."""
     import zarr
