@@ -7,6 +7,7 @@ found is returned either decoded or as a quarantine record with a reason: nothin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -77,9 +78,11 @@ def _gif_image_block(data: bytes) -> tuple[int, int, int, bool, bytes | None, in
 def decode_gif(data: bytes, size: int) -> np.ndarray:
     """Decode one 8-bit GIF channel to a ``(size, size)`` uint8 grey array.
 
-    The common case (one frame filling the screen) calls Pillow's C LZW decoder directly, about
-    3x faster than ``Image.open`` on tiny files, whose cost is Python header parsing; anything
-    unusual goes through Pillow's full reader.
+    The common case (one frame filling the screen) is decoded to palette indices by giflib
+    (through ``imagecodecs``, about 2.5x faster than Pillow on tiny files, whose cost is
+    per-image objects) or, where giflib refuses the data, by Pillow's C LZW decoder called
+    directly; anything unusual goes through Pillow's full reader. giflib is stricter (it refuses
+    a file without its trailer byte whose pixels are all there), so Pillow has the last word.
 
     Raises
     ------
@@ -96,6 +99,43 @@ def decode_gif(data: bytes, size: int) -> np.ndarray:
         raise StampError(f"shape {(h, w)}, expected {(size, size)}")
     if not full or not 1 <= bits <= 12:
         return _decode_gif_pillow(data, size)
+    idx = _gif_indices_giflib(data, h, w)
+    if idx is None:
+        idx = _gif_indices_pillow(data, h, w, bits, interlace, offset)
+    return idx if palette is None else _grey_lut(palette)[idx]
+
+
+@functools.lru_cache(maxsize=64)
+def _grey_lut(palette: bytes) -> np.ndarray:
+    """Index -> grey level of a palette (a survey uses a handful of palettes: cached)."""
+    # Grey-scale survey GIFs: R = G = B, so the red component maps indices to grey.
+    lut = np.zeros(256, np.uint8)
+    reds = np.frombuffer(palette, np.uint8)[0::3]
+    lut[: len(reds)] = reds
+    lut.flags.writeable = False
+    return lut
+
+
+try:
+    from imagecodecs import gif_decode as _giflib_decode
+except ImportError:  # optional speed-up: Pillow decodes the same pixels
+    _giflib_decode = None
+
+
+def _gif_indices_giflib(data: bytes, h: int, w: int) -> np.ndarray | None:
+    """The first frame's palette indices, or None where giflib is missing or refuses the data."""
+    if _giflib_decode is None:
+        return None
+    try:
+        idx = _giflib_decode(data, index=0, asrgb=False)
+    except Exception:
+        return None
+    return idx if idx.shape == (h, w) and idx.dtype == np.uint8 else None
+
+
+def _gif_indices_pillow(
+    data: bytes, h: int, w: int, bits: int, interlace: bool, offset: int
+) -> np.ndarray:
     from PIL import Image
 
     core = Image.core.new("L", (w, h))
@@ -109,14 +149,7 @@ def decode_gif(data: bytes, size: int) -> np.ndarray:
         raise StampError(f"corrupt gif (decoder error {err})")
     if status >= 0:  # the decoder wants more data than the file holds
         raise StampError("corrupt gif (truncated image data)")
-    idx = np.asarray(Image.Image()._new(core))
-    if palette is None:
-        return idx
-    # Grey-scale survey GIFs: R = G = B, so the red component maps indices to grey.
-    lut = np.zeros(256, np.uint8)
-    reds = np.frombuffer(palette, np.uint8)[0::3]
-    lut[: len(reds)] = reds
-    return lut[idx]
+    return np.asarray(Image.Image()._new(core))
 
 
 def _decode_gif_pillow(data: bytes, size: int) -> np.ndarray:

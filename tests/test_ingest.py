@@ -24,7 +24,7 @@ from s2v_batch import store as zstore
 from s2v_batch.config import IngestConfig
 from s2v_batch.ingest import IngestError, ingest, plan_shards
 from s2v_batch.simulator import fits_bytes, render_gif, simulate
-from s2v_batch.stamps import decode_fits, decode_gif
+from s2v_batch.stamps import StampError, decode_fits, decode_gif
 
 CFG = IngestConfig(unit_stamps=64, shard_stamps=128, chunk_stamps=32)
 
@@ -365,6 +365,36 @@ def test_shard_slices_partition(n, shard):
 )
 def test_fits_round_trip(img):
     np.testing.assert_array_equal(decode_fits(fits_bytes(img, {}), 51), img)
+
+
+_GIF = render_gif(np.random.default_rng(4).normal(100, 30, (51, 51)).astype(np.float32), "srch")
+
+
+def test_giflib_and_pillow_decode_the_same_pixels():
+    import s2v_batch.stamps as stamps
+
+    pytest.importorskip("imagecodecs")
+    w, h, bits, interlace, palette, offset, full = stamps._gif_image_block(_GIF)
+    a = stamps._gif_indices_giflib(_GIF, h, w)
+    b = stamps._gif_indices_pillow(_GIF, h, w, bits, interlace, offset)
+    assert a is not None and full
+    np.testing.assert_array_equal(a, b)
+    # Without its trailer byte giflib refuses the file and Pillow, which has all the pixels, decodes it.
+    assert stamps._gif_indices_giflib(_GIF[:-1], h, w) is None
+    np.testing.assert_array_equal(decode_gif(_GIF[:-1], 51), decode_gif(_GIF, 51))
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, len(_GIF) - 1))
+def test_a_cut_gif_is_refused_or_decoded_whole(cut):
+    # giflib refuses more cut files than Pillow (a missing trailer byte); whichever decodes,
+    # a cut file either raises StampError or gives exactly the full file's pixels.
+    whole = decode_gif(_GIF, 51)
+    try:
+        got = decode_gif(_GIF[:cut], 51)
+    except StampError:
+        return
+    np.testing.assert_array_equal(got, whole)
 
 
 def test_a_night_of_fill_value_pixels_is_complete(tmp_path):
