@@ -18,6 +18,10 @@ examples:
   s2v score store --out scores               # the shipped demo model
   s2v report scores --out reports
   s2v nightly --raw raw --night 20130901 --store store --out scores --reports reports
+
+exit status: 0 done; 2 bad input or arguments (one line says which); 75 another process is
+writing the same season or night and did not finish within the wait (run again later);
+130 interrupted (run the same command again to resume).
 """
 
 
@@ -418,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``s2v`` command."""
+    from .fsutil import StoreBusyError
+
     # Quiet start-up chatter in this process and the workers it spawns: progress bars and the
     # summary line are the output. Must be set before TensorFlow or distributed are imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -432,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"s2v {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StoreBusyError as exc:  # transient: EX_TEMPFAIL tells a wrapper to try again later
+        print(f"s2v {args.command}: busy: {exc}", file=sys.stderr)
+        return 75
 
 
 if __name__ == "__main__":

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import datetime as dt
 import os
 import shutil
+import socket
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writers are not guarded there
+    fcntl = None  # type: ignore[assignment]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -62,3 +72,71 @@ def tmp_name(path: Path) -> Path:
     """A process-unique temporary sibling of ``path`` (dot-prefixed: readers ignore it)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class StoreBusyError(RuntimeError):
+    """Another process is writing the same part of a store (transient: run again later)."""
+
+
+@contextlib.contextmanager
+def exclusive(
+    lock_path: str | os.PathLike[str],
+    what: str,
+    *,
+    wait: float = 3600.0,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``lock_path`` while writing ``what``.
+
+    Two writers of one season or night at once (a nightly run and a backfill, or two nights of
+    a season in one backfill) would each see the other's half-written state: the second waits
+    for the first, up to ``wait`` seconds, then gives up with :class:`StoreBusyError` naming the
+    holder. The lock goes with its holder, so a killed writer never leaves a stale lock; the lock
+    file itself stays (removing it would race with the next writer). On shared cluster
+    filesystems ``flock`` must be enabled (Lustre: mount with ``-o flock``).
+
+    Parameters
+    ----------
+    lock_path : path
+        The lock file (created when missing).
+    what : str
+        What the lock guards, for messages.
+    wait : float
+        Seconds to wait for another holder; 0 fails at once.
+    log : callable, optional
+        Told once when the lock is busy and this process starts waiting.
+
+    Raises
+    ------
+    StoreBusyError
+        When another holder keeps the lock past ``wait`` seconds.
+    """
+    path = Path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            deadline = time.monotonic() + wait
+            pause = 0.05
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "unknown"
+                    if time.monotonic() >= deadline:
+                        raise StoreBusyError(
+                            f"{what} is being written by another process ({holder}); "
+                            "run again when it has finished"
+                        ) from None
+                    if log is not None and pause == 0.05:
+                        log(f"waiting for {what}: written by another process ({holder})")
+                    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                    pause = min(pause * 2, 2.0)
+            stamp = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+            note = f"host {socket.gethostname()} pid {os.getpid()} since {stamp}"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -14,6 +14,7 @@ Every stamp found is stored or written to ``quarantine-<night>.parquet`` with a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import store as zstore
 from .config import IngestConfig
-from .fsutil import replace_dir, tmp_name
+from .fsutil import exclusive, replace_dir, tmp_name
 from .labels import Labels, read_labels
 from .stamps import Unit, discover, read_unit
 
@@ -200,6 +201,7 @@ def ingest(
     nights: set[tuple[str, int]] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    lock_wait: float = 3600.0,
 ) -> IngestSummary:
     """Ingest a raw tree (loose gif/fits files and tar archives) into one Zarr dataset per night.
 
@@ -221,14 +223,14 @@ def ingest(
         Show progress bars.
     log : callable
         Where status lines go.
+    lock_wait : float
+        Seconds to wait while another process writes the same season
+        (:func:`s2v_batch.fsutil.exclusive`) before giving up with ``StoreBusyError``.
 
     Returns
     -------
     IngestSummary
     """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
     cfg = config or IngestConfig()
     t0 = time.perf_counter()
     store_root = Path(store_root)
@@ -244,8 +246,27 @@ def ingest(
         raise IngestError(
             f"no stamps (srch/temp/diff .gif/.fits files or .tar archives) under {raw}"
         )
-    summary = IngestSummary()
     store_root.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as locks:
+        # One writer per season: the duplicate-ID check reads the season's other nights.
+        for season in sorted({k[0] for k in keys}):
+            lock = store_root / season / ".ingest.lock"
+            locks.enter_context(
+                exclusive(lock, f"season {season} of {store_root}", wait=lock_wait, log=log)
+            )
+        summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _ingest_nights(
+    disc, keys, store_root: Path, client, lab, cfg, nights, progress
+) -> IngestSummary:
+    """The body of :func:`ingest`, run with the seasons' writer locks held."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    summary = IngestSummary()
     if disc.unplaced and nights is None:
         rows = [
             {"stamp_id": None, "season": None, "night": None, "path": p, "reason": r}
@@ -320,7 +341,6 @@ def ingest(
         all_seen = np.concatenate(seen_ids) if seen_ids else np.zeros(0, np.int64)
         summary.n_csv_rows_without_stamp = lab.n_missing(all_seen)
     summary.nights.sort(key=lambda n: (n.season, n.night))
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

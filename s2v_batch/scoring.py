@@ -8,6 +8,7 @@ re-run (after a killed worker or process) redoes only the missing parts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,7 +27,7 @@ from . import sink
 from . import store as zstore
 from .config import ScoreConfig
 from .conventions import CHANNELS
-from .fsutil import write_bytes_atomic
+from .fsutil import exclusive, write_bytes_atomic
 
 
 class ScoringError(ValueError):
@@ -233,6 +234,7 @@ def score(
     skip_complete: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    lock_wait: float = 3600.0,
 ) -> ScoreSummary:
     """Score every stored night (or one season / night) into the Parquet dataset.
 
@@ -257,14 +259,14 @@ def score(
         Show a progress bar.
     log : callable
         Where status lines go.
+    lock_wait : float
+        Seconds to wait while another process writes the same night
+        (:func:`s2v_batch.fsutil.exclusive`) before giving up with ``StoreBusyError``.
 
     Returns
     -------
     ScoreSummary
     """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
     from .model import default_model_path, load_card
 
     cfg = config or ScoreConfig()
@@ -280,6 +282,34 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    with contextlib.ExitStack() as locks:
+        for ref in refs:  # one writer per night: staging and publishing are not shared
+            what = f"the scores of {ref.season}/{ref.night} under {scores_root}"
+            lock = sink.lock_path(scores_root, ref.season, ref.night)
+            locks.enter_context(exclusive(lock, what, wait=lock_wait, log=log))
+        summary = _score_nights(
+            refs,
+            scores_root,
+            client,
+            card,
+            keras_path,
+            threshold,
+            cfg,
+            skip_complete,
+            progress,
+            log,
+        )
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _score_nights(
+    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log
+) -> ScoreSummary:
+    """The body of :func:`score`, run with the nights' writer locks held."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
     key = f"{card.sha256[:16]}-t{threshold:.6f}-p{cfg.part_stamps}"
     jobs: dict = {}
@@ -359,7 +389,6 @@ def score(
         if "published" not in plan:  # every part was staged by an earlier, killed run
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     summary.nights.sort(key=lambda n: (n.season, n.night))
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

@@ -47,6 +47,11 @@ def staging_dir(root: str | Path, season: str, night: int, key: str) -> Path:
     return Path(root) / "_staging" / f"season={season}" / f"night={int(night)}" / key
 
 
+def lock_path(root: str | Path, season: str, night: int) -> Path:
+    """The lock file a process holds while it scores and publishes one night."""
+    return Path(root) / "_staging" / f"season={season}" / f"night={int(night)}.lock"
+
+
 def part_path(folder: str | Path, index: int) -> Path:
     """Deterministic name of the part holding shard ``index``."""
     return Path(folder) / f"part-{index:05d}.parquet"
