@@ -868,7 +868,7 @@ class Predictor:
             self.model = fold_batchnorm(self.model)
         if self.mixed_precision:
             self.model = _with_policy(self.model, "mixed_bfloat16")
-        self._compiled: dict[tuple[str, int], Callable[[np.ndarray], np.ndarray]] = {}
+        self._compiled: dict[tuple[str, int], Callable[[np.ndarray], Any]] = {}
         self._state: Any = None
 
     @property
@@ -876,7 +876,7 @@ class Predictor:
         """The card's threshold: a stamp is a candidate when ``score >= threshold``."""
         return float(self.card.threshold)
 
-    def _fn(self, dtype: np.dtype, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    def _fn(self, dtype: np.dtype, size: int) -> Callable[[np.ndarray], Any]:
         key = (dtype.str, size)
         fn = self._compiled.get(key)
         if fn is not None:
@@ -890,8 +890,8 @@ class Predictor:
                 lambda x: model(x, training=False), input_signature=[spec], jit_compile=False
             )
 
-            def fn(x: np.ndarray) -> np.ndarray:
-                return call(x).numpy()
+            def fn(x: np.ndarray) -> Any:
+                return call(x)
 
         elif self.backend == "jax":
             import jax
@@ -909,13 +909,13 @@ class Predictor:
 
             tv, ntv = self._state
 
-            def fn(x: np.ndarray) -> np.ndarray:
-                return np.asarray(call(tv, ntv, x))
+            def fn(x: np.ndarray) -> Any:
+                return call(tv, ntv, x)  # a device array: JAX dispatches asynchronously
 
         else:  # torch or numpy: eager calls; still fixed shapes
 
-            def fn(x: np.ndarray) -> np.ndarray:
-                return keras.ops.convert_to_numpy(model(x, training=False))
+            def fn(x: np.ndarray) -> Any:
+                return model(x, training=False)
 
         self._compiled[key] = fn
         return fn
@@ -956,6 +956,9 @@ class Predictor:
         out = np.empty(n, dtype=np.float32)
         bs, sb = self.batch_size, self.small_batch
         start = 0
+        # Every batch is dispatched before any result is read back: on a GPU (JAX dispatches
+        # asynchronously) the next batch's transfer overlaps the current one's compute.
+        pending: list[tuple[int, int, Any]] = []
         while start < n:
             rest = n - start
             if rest >= bs or rest > bs // 2:
@@ -967,9 +970,11 @@ class Predictor:
             if k < size:  # pad the tail so the compiled shape never changes
                 pad = np.zeros((size - k, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            y = self._fn(x.dtype, size)(np.ascontiguousarray(chunk))
-            out[start : start + k] = np.asarray(y, dtype=np.float32).reshape(-1)[:k]
+            pending.append((start, k, self._fn(x.dtype, size)(np.ascontiguousarray(chunk))))
             start += k
+        for start, k, y in pending:
+            y = keras.ops.convert_to_numpy(y)
+            out[start : start + k] = np.asarray(y, dtype=np.float32).reshape(-1)[:k]
         return out
 
     __call__ = predict
