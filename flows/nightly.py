@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -248,19 +247,6 @@ def attach(address: str) -> Iterator[Any]:
         yield client
 
 
-#: One ingest at a time per store and season in this process: ingest quarantines duplicate
-#: stamp IDs across the nights of a season it can see finished, so two nights of one season
-#: ingested side by side (a backfill) could each keep the same ID.
-_SEASON_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _season_lock(store: str | os.PathLike[str], season: str) -> threading.Lock:
-    key = (str(Path(store).resolve()), season)
-    with _LOCKS_GUARD:
-        return _SEASON_LOCKS.setdefault(key, threading.Lock())
-
-
 # --------------------------------------------------------------------------- retries and caching
 
 
@@ -416,7 +402,8 @@ def ingest_night(
     from s2v_batch.ingest import ingest
 
     logger = get_run_logger()
-    with _season_lock(store, season), attach(address) as client:
+    # The library holds the season's writer lock: nights of one season ingest in turn.
+    with attach(address) as client:
         summary = ingest(
             raw,
             store,
