@@ -140,3 +140,21 @@ def exclusive(
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def ensure_open_files(n: int) -> None:
+    """Raise this process's soft limit of open files to ``n`` (within the hard limit).
+
+    A scoring run holds one lock file open per night it writes: a backfill of every season's
+    nights passes the common default of 1,024.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= n:
+        return
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard)
+    )

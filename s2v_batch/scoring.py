@@ -27,7 +27,7 @@ from . import sink
 from . import store as zstore
 from .config import ScoreConfig
 from .conventions import CHANNELS
-from .fsutil import exclusive, write_bytes_atomic
+from .fsutil import ensure_open_files, exclusive, write_bytes_atomic
 
 
 class ScoringError(ValueError):
@@ -282,6 +282,7 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    ensure_open_files(len(refs) + 1024)  # one open lock file per night
     with contextlib.ExitStack() as locks:
         for ref in refs:  # one writer per night: staging and publishing are not shared
             what = f"the scores of {ref.season}/{ref.night} under {scores_root}"

@@ -143,3 +143,14 @@ def test_two_scorers_of_one_night_in_one_process_take_turns(raw, tmp_path, dask_
     assert not errors
     df = pd.read_parquet(scores)
     assert len(df) == df.stamp_id.nunique() == stored, "one night's rows, once"
+
+
+def test_the_open_files_limit_is_raised_for_many_night_locks():
+    code = (
+        "import resource; from s2v_batch.fsutil import ensure_open_files\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "ensure_open_files(300)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) >= 300
