@@ -88,13 +88,17 @@ def default_local_spec() -> ClusterSpec:
 
 
 def cpu_worker_env(threads: int) -> dict[str, str]:
-    """Thread settings TensorFlow reads at start-up, before its first op (it cannot change later)."""
+    """Environment of a plain CPU worker: TensorFlow's thread settings (read at start-up, before
+    its first op) and no GPU. On a GPU host every CPU worker would otherwise open the card (JAX
+    preallocates 75% of its memory in the first one); the ``cuda`` kind is for GPUs."""
     t = str(max(1, threads))
     return {
         "TF_NUM_INTRAOP_THREADS": t,
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": t,
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        "JAX_PLATFORMS": "cpu",
     }
 
 

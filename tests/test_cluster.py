@@ -44,6 +44,13 @@ def test_local_spec_starts_a_real_cluster_on_loopback() -> None:
         # Thread settings reach the worker's environment before TensorFlow could start.
         env = client.run(lambda: __import__("os").environ.get("TF_NUM_INTRAOP_THREADS"))
         assert set(env.values()) == {"1"}
+        # Plain CPU workers never open a GPU, even on a GPU host (that is the cuda kind's job).
+        env = client.run(
+            lambda: [
+                __import__("os").environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS")
+            ]
+        )
+        assert list(env.values()) == [["", "cpu"]]
         cluster = client.cluster
     assert cluster.status.name == "closed"
 
