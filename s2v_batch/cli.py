@@ -165,7 +165,7 @@ def cmd_score(a: argparse.Namespace) -> int:
         batch_size=a.batch_size or base.batch_size,
         threshold=a.threshold if a.threshold is not None else base.threshold,
         mixed_precision=a.mixed_precision or base.mixed_precision,
-        part_stamps=base.part_stamps,
+        part_stamps=a.part_stamps or base.part_stamps,
     )
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
@@ -364,8 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--night", type=_night, help="only this night")
     s.add_argument("--threshold", type=float, help="override the model card's threshold")
     s.add_argument("--batch-size", type=_positive_int, help="stamps per model call (default 512)")
+    s.add_argument(
+        "--part-stamps",
+        type=_positive_int,
+        help="stamps per scoring task and Parquet part (default 2048; configs/gpu.yaml: 32768)",
+    )
     s.add_argument("--mixed-precision", action="store_true", help="bf16 compute (for GPUs)")
-    s.add_argument("--config", metavar="YAML", help="pipeline config (score section)")
+    s.add_argument(
+        "--config", metavar="YAML", help="pipeline config (score section; GPUs: configs/gpu.yaml)"
+    )
     _add_cluster(s)
     _add_progress(s)
     s.set_defaults(fn=cmd_score)

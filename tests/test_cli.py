@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,13 @@ def test_train_command_writes_a_card_that_says_what_it_learned_from(tmp_path):
     assert card["training_data"]["simulated"] is True
     assert card["training_data"]["description"] == "simulated stamps, seed 4"
     assert 0.0 <= card["threshold"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["nightly", "gpu"])
+def test_shipped_pipeline_configs_are_valid(name):
+    from s2v_batch.config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(
+        Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    )
+    assert cfg.ingest.stamp_size == 51 and cfg.score.part_stamps >= cfg.score.batch_size

@@ -217,7 +217,7 @@ def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):
 def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     out = tmp_path / "scores"
     cfgfile = tmp_path / "cfg.yaml"
-    cfgfile.write_text(f"score:\n  part_stamps: {SHARD}\n")
+    cfgfile.write_text("score:\n  part_stamps: 999\n  batch_size: 64\n")  # the flags below win
     cmd = [
         sys.executable,
         "-m",
@@ -234,6 +234,8 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
         "128",
         "--config",
         str(cfgfile),
+        "--part-stamps",
+        str(SHARD),
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
