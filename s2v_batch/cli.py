@@ -64,6 +64,17 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_lock_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help=f"wait this long while another process writes the same {what}, then exit 75 "
+        "(default 3600)",
+    )
+
+
 def _load_config(path: str | None):
     from .config import PipelineConfig
 
@@ -116,6 +127,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             config=cfg.ingest,
             nights=nights,
             progress=not a.no_progress,
+            lock_wait=a.lock_wait,
         )
     for n in s.nights:
         if n.n_quarantined:
@@ -178,6 +190,7 @@ def cmd_score(a: argparse.Namespace) -> int:
             night=a.night,
             config=cfg,
             progress=not a.no_progress,
+            lock_wait=a.lock_wait,
         )
     print(s.line())
     return 0
@@ -317,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, help="with --night: only this season")
     s.add_argument("--night", type=_night, action="append", help="only this night (repeatable)")
     s.add_argument("--config", metavar="YAML", help="pipeline config (ingest section)")
+    _add_lock_wait(s, "season")
     _add_cluster(s)
     _add_progress(s)
     s.set_defaults(fn=cmd_ingest)
@@ -373,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--config", metavar="YAML", help="pipeline config (score section; GPUs: configs/gpu.yaml)"
     )
+    _add_lock_wait(s, "night's scores")
     _add_cluster(s)
     _add_progress(s)
     s.set_defaults(fn=cmd_score)

@@ -154,3 +154,27 @@ def test_the_open_files_limit_is_raised_for_many_night_locks():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) >= 300
+
+
+def test_s2v_ingest_exits_75_naming_the_other_writer(raw, tmp_path):
+    store = tmp_path / "store"
+    holder = Holder(store / "Y1" / ".ingest.lock")
+    try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "s2v_batch.cli",
+            "ingest",
+            str(raw.out),
+            "--store",
+            str(store),
+            "--lock-wait",
+            "0.5",
+            "--no-progress",
+        ]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.release()
+    assert run.returncode == 75, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("s2v ingest: busy: season Y1") and f"pid {holder.proc.pid}" in last
