@@ -142,11 +142,30 @@ def exclusive(
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def exclusive_all(
+    locks: list[tuple[Path, str]],
+    *,
+    wait: float = 3600.0,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold :func:`exclusive` on every ``(lock_path, what)`` at once, taken in the given order.
+
+    Callers pass them sorted, so two processes wanting overlapping sets never deadlock. Each
+    lock is an open file: the open-files limit is raised to fit them.
+    """
+    ensure_open_files(len(locks) + 1024)
+    with contextlib.ExitStack() as stack:
+        for path, what in locks:
+            stack.enter_context(exclusive(path, what, wait=wait, log=log))
+        yield
+
+
 def ensure_open_files(n: int) -> None:
     """Raise this process's soft limit of open files to ``n`` (within the hard limit).
 
-    A scoring run holds one lock file open per night it writes: a backfill of every season's
-    nights passes the common default of 1,024.
+    :func:`exclusive_all` holds one lock file open per season or night it writes: scoring a
+    backfill of every season's nights passes the common default of 1,024.
     """
     try:
         import resource

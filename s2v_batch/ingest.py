@@ -14,7 +14,6 @@ Every stamp found is stored or written to ``quarantine-<night>.parquet`` with a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 
 from . import store as zstore
 from .config import IngestConfig
-from .fsutil import exclusive, replace_dir, tmp_name
+from .fsutil import exclusive_all, replace_dir, tmp_name
 from .labels import Labels, read_labels
 from .stamps import Unit, discover, read_unit
 
@@ -247,13 +246,11 @@ def ingest(
             f"no stamps (srch/temp/diff .gif/.fits files or .tar archives) under {raw}"
         )
     store_root.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as locks:
-        # One writer per season: the duplicate-ID check reads the season's other nights.
-        for season in sorted({k[0] for k in keys}):
-            lock = store_root / season / ".ingest.lock"
-            locks.enter_context(
-                exclusive(lock, f"season {season} of {store_root}", wait=lock_wait, log=log)
-            )
+    locks = [
+        (zstore.lock_path(store_root, s), f"season {s} of {store_root}")
+        for s in sorted({k[0] for k in keys})
+    ]
+    with exclusive_all(locks, wait=lock_wait, log=log):  # one writer per season
         summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress)
     summary.seconds = time.perf_counter() - t0
     return summary

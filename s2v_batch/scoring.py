@@ -8,7 +8,6 @@ re-run (after a killed worker or process) redoes only the missing parts.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -27,7 +26,7 @@ from . import sink
 from . import store as zstore
 from .config import ScoreConfig
 from .conventions import CHANNELS
-from .fsutil import ensure_open_files, exclusive, write_bytes_atomic
+from .fsutil import exclusive_all, write_bytes_atomic
 
 
 class ScoringError(ValueError):
@@ -282,12 +281,15 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
-    ensure_open_files(len(refs) + 1024)  # one open lock file per night
-    with contextlib.ExitStack() as locks:
-        for ref in refs:  # one writer per night: staging and publishing are not shared
-            what = f"the scores of {ref.season}/{ref.night} under {scores_root}"
-            lock = sink.lock_path(scores_root, ref.season, ref.night)
-            locks.enter_context(exclusive(lock, what, wait=lock_wait, log=log))
+    locks = [
+        (
+            sink.lock_path(scores_root, r.season, r.night),
+            f"the scores of {r.season}/{r.night} under {scores_root}",
+        )
+        for r in refs
+    ]
+    # One writer per night: staging and publishing are not shared.
+    with exclusive_all(locks, wait=lock_wait, log=log):
         summary = _score_nights(
             refs,
             scores_root,

@@ -47,6 +47,12 @@ def night_path(store_root: str | Path, season: str, night: int) -> Path:
     return Path(store_root) / season / f"{int(night)}.zarr"
 
 
+def lock_path(store_root: str | Path, season: str) -> Path:
+    """The lock file an ingest holds while it writes a season (its duplicate-ID check reads the
+    season's other nights)."""
+    return Path(store_root) / season / ".ingest.lock"
+
+
 def quarantine_path(store_root: str | Path, season: str, night: int) -> Path:
     """Path of the quarantine table for ``season``/``night``."""
     return Path(store_root) / season / f"quarantine-{int(night)}.parquet"
