@@ -123,7 +123,7 @@ def run_flow(
 
     Returns wall seconds, seconds inside the flow body, seconds inside the library calls.
     """
-    from flows.nightly import nightly_flow
+    from s2v_flows.nightly import nightly_flow
 
     t = time.perf_counter()
     res = nightly_flow(
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect import flow
 
-    from flows.nightly import attach, dask_cluster
+    from s2v_flows.nightly import attach, dask_cluster
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Thin Prefect 3 flows around the ``s2v_batch`` library.
 
-- :mod:`flows.nightly`: one night: ingest, score, report (``nightly_flow``).
-- :mod:`flows.backfill`: every season and night under a raw root, skipping complete nights
+- :mod:`s2v_flows.nightly`: one night: ingest, score, report (``nightly_flow``).
+- :mod:`s2v_flows.backfill`: every season and night under a raw root, skipping complete nights
   (``backfill_flow``).
-- :mod:`flows.demo`: simulate a small season and run the nightly flow on it (``run_demo``).
+- :mod:`s2v_flows.demo`: simulate a small season and run the nightly flow on it (``run_demo``).
 
 The library (``s2v_batch``) never imports Prefect; these modules do, and only they.
 """

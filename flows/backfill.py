@@ -3,7 +3,7 @@
 One planning pass discovers the raw tree once and checks every night against the store and the
 scores: a night whose stored dataset matches its raw input and labels, and whose published scores
 match the stored data, the model's sha256 and the threshold, is skipped without a sub-run. The
-other nights run as sub-runs of :func:`flows.nightly.nightly_flow`, at most ``max_concurrency`` at
+other nights run as sub-runs of :func:`s2v_flows.nightly.nightly_flow`, at most ``max_concurrency`` at
 once, all on the one Dask cluster this flow opens. A failing night is recorded and the others go
 on. Season reports are written once at the end, for the seasons selected.
 
@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.nightly import (
+from s2v_flows.nightly import (
     FlowInputError,
     RunInputs,
     _abs,

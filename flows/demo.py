@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.nightly import FlowInputError, dask_cluster, nightly_flow
+from s2v_flows.nightly import FlowInputError, dask_cluster, nightly_flow
 
 #: The demo's season (its first night is the simulator's start of DES Y1).
 DEMO_SEASON = "Y1"

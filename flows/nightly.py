@@ -18,8 +18,8 @@ Tasks retry transient errors (a lost worker, a flaky shared filesystem) with gro
 input (``ValueError`` and its subclasses, which every ``s2v_batch`` error derives from) fails at once.
 
 Run it locally (Prefect's ephemeral mode, nothing to start): ``s2v nightly ...`` or
-``python -c "from flows.nightly import nightly_flow; nightly_flow(...)"``. With ``PREFECT_API_URL``
-set, runs are recorded on that server. ``python -m flows.nightly --help`` serves it on a schedule
+``python -c "from s2v_flows.nightly import nightly_flow; nightly_flow(...)"``. With ``PREFECT_API_URL``
+set, runs are recorded on that server. ``python -m s2v_flows.nightly --help`` serves it on a schedule
 (see docs/DEPLOY.md).
 """
 
@@ -755,9 +755,9 @@ def nightly_flow(
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m flows.nightly``: serve the flow on a cron schedule."""
+    """Arguments of ``python -m s2v_flows.nightly``: serve the flow on a cron schedule."""
     p = argparse.ArgumentParser(
-        prog="python -m flows.nightly",
+        prog="python -m s2v_flows.nightly",
         description="Serve the nightly flow with a cron schedule (a long-running process; the "
         "alternative to a work pool and `prefect deploy`, see docs/DEPLOY.md). Each scheduled run "
         "processes last night.",
@@ -777,7 +777,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def build_deployment(argv: Sequence[str] | None = None) -> Any:
-    """The served deployment of :func:`nightly_flow` that ``python -m flows.nightly`` runs.
+    """The served deployment of :func:`nightly_flow` that ``python -m s2v_flows.nightly`` runs.
 
     Parameters
     ----------

@@ -224,7 +224,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_nightly(a: argparse.Namespace) -> int:
-    from flows.nightly import nightly_flow
+    from s2v_flows.nightly import nightly_flow
 
     out = nightly_flow(
         raw=a.raw,
@@ -244,7 +244,7 @@ def cmd_nightly(a: argparse.Namespace) -> int:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
-    from flows.backfill import backfill_flow
+    from s2v_flows.backfill import backfill_flow
 
     out = backfill_flow(
         raw=a.raw,
@@ -264,7 +264,7 @@ def cmd_backfill(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from s2v_flows.demo import run_demo
 
     out = run_demo(
         a.workdir,

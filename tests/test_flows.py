@@ -21,7 +21,7 @@ STAMPS = 120  # a night: enough for two ingest units and several score batches, 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two seasons: Y1 with a gif night (plus two corrupt stamps) and a tar night; Y2 one gif night."""
-    from flows.demo import pack_night_as_tar
+    from s2v_flows.demo import pack_night_as_tar
     from s2v_batch.simulator import simulate
 
     root = tmp_path_factory.mktemp("raw")
@@ -65,7 +65,7 @@ def test_nightly_end_to_end_then_nothing_again(
 ):
     import xarray as xr
 
-    from flows.nightly import nightly_flow
+    from s2v_flows.nightly import nightly_flow
     from s2v_batch import sink
 
     model = make_test_model("flows-a", "1", 1)
@@ -118,7 +118,7 @@ def test_nightly_end_to_end_then_nothing_again(
 def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from flows.nightly import nightly_flow
+    from s2v_flows.nightly import nightly_flow
     from s2v_batch import sink
     from s2v_batch.model import ModelArtifactError
 
@@ -146,7 +146,7 @@ def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
 def test_nightly_bad_input_fails_with_a_clear_error(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from flows.nightly import FlowInputError, last_night, nightly_flow
+    from s2v_flows.nightly import FlowInputError, last_night, nightly_flow
 
     model = str(make_test_model("flows-a", "1", 1))
     roots = _roots(tmp_path)
@@ -174,7 +174,7 @@ def test_nightly_bad_input_fails_with_a_clear_error(
 def test_retries_transient_errors_but_not_bad_input(prefect_harness):
     from prefect import flow, task
 
-    from flows.nightly import _RETRY
+    from s2v_flows.nightly import _RETRY
     from s2v_batch.ingest import IngestError
 
     calls: list[str] = []
@@ -202,7 +202,7 @@ def test_retries_transient_errors_but_not_bad_input(prefect_harness):
 def test_backfill_skips_complete_nights_and_isolates_a_failing_one(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from flows.backfill import BackfillError, backfill_flow
+    from s2v_flows.backfill import BackfillError, backfill_flow
     from s2v_batch import sink
     from s2v_batch import store as zstore
 
@@ -255,7 +255,7 @@ def test_backfill_skips_complete_nights_and_isolates_a_failing_one(
 def test_demo_simulates_runs_and_reuses_everything(
     prefect_harness, address, make_test_model, tmp_path
 ):
-    from flows.demo import run_demo
+    from s2v_flows.demo import run_demo
 
     spec = tmp_path / "one-worker.yaml"
     spec.write_text(
@@ -281,7 +281,7 @@ def test_demo_simulates_runs_and_reuses_everything(
 
 
 def test_demo_refuses_a_foreign_raw_folder(tmp_path):
-    from flows.demo import DemoError, run_demo
+    from s2v_flows.demo import DemoError, run_demo
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "mine.txt").write_text("not the demo's")
@@ -305,7 +305,7 @@ def test_demo_refuses_a_foreign_raw_folder(tmp_path):
 def test_last_night_is_the_night_that_began_the_evening_before(when):
     from zoneinfo import ZoneInfo
 
-    from flows.nightly import OBSERVATORY_TZ, last_night
+    from s2v_flows.nightly import OBSERVATORY_TZ, last_night
 
     night = last_night(when, OBSERVATORY_TZ)
     local = when.astimezone(ZoneInfo(OBSERVATORY_TZ))
@@ -315,7 +315,7 @@ def test_last_night_is_the_night_that_began_the_evening_before(when):
 
 
 def test_resolve_night():
-    from flows.nightly import FlowInputError, resolve_night
+    from s2v_flows.nightly import FlowInputError, resolve_night
 
     assert resolve_night(20130901) == resolve_night("20130901") == 20130901
     assert isinstance(resolve_night(None), int) and resolve_night("last") == resolve_night(None)
@@ -329,7 +329,7 @@ def test_resolve_night():
 def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.nightly import NIGHTLY_CRON, OBSERVATORY_TZ, nightly_flow
+    from s2v_flows.nightly import NIGHTLY_CRON, OBSERVATORY_TZ, nightly_flow
     from s2v_batch.config import PipelineConfig
 
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -349,7 +349,7 @@ def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
 
 
 def test_serve_builds_a_scheduled_deployment(prefect_harness):
-    from flows.nightly import build_deployment
+    from s2v_flows.nightly import build_deployment
 
     dep = build_deployment(
         [
