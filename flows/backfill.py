@@ -22,6 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from s2v_batch import store as zstore
+from s2v_batch.conventions import is_night, is_season
+from s2v_batch.scoring import scores_complete
 from s2v_flows.nightly import (
     FlowInputError,
     RunInputs,
@@ -32,9 +35,6 @@ from s2v_flows.nightly import (
     retry_on_transient,
     run_report,
 )
-from s2v_batch import store as zstore
-from s2v_batch.conventions import is_night, is_season
-from s2v_batch.scoring import scores_complete
 
 #: Threads the flow's task runner holds; ``max_concurrency`` may not exceed it.
 MAX_CONCURRENCY = 16

@@ -21,8 +21,8 @@ STAMPS = 120  # a night: enough for two ingest units and several score batches, 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two seasons: Y1 with a gif night (plus two corrupt stamps) and a tar night; Y2 one gif night."""
-    from s2v_flows.demo import pack_night_as_tar
     from s2v_batch.simulator import simulate
+    from s2v_flows.demo import pack_night_as_tar
 
     root = tmp_path_factory.mktemp("raw")
     y1 = simulate(root, season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=11)
@@ -65,8 +65,8 @@ def test_nightly_end_to_end_then_nothing_again(
 ):
     import xarray as xr
 
-    from s2v_flows.nightly import nightly_flow
     from s2v_batch import sink
+    from s2v_flows.nightly import nightly_flow
 
     model = make_test_model("flows-a", "1", 1)
     night = raw["y1"][0]
@@ -118,9 +118,9 @@ def test_nightly_end_to_end_then_nothing_again(
 def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_flows.nightly import nightly_flow
     from s2v_batch import sink
     from s2v_batch.model import ModelArtifactError
+    from s2v_flows.nightly import nightly_flow
 
     model = _copy_model(make_test_model("flows-a", "1", 1), tmp_path / "model")
     good = model.read_bytes()
@@ -174,8 +174,8 @@ def test_nightly_bad_input_fails_with_a_clear_error(
 def test_retries_transient_errors_but_not_bad_input(prefect_harness):
     from prefect import flow, task
 
-    from s2v_flows.nightly import _RETRY
     from s2v_batch.ingest import IngestError
+    from s2v_flows.nightly import _RETRY
 
     calls: list[str] = []
 
@@ -202,9 +202,9 @@ def test_retries_transient_errors_but_not_bad_input(prefect_harness):
 def test_backfill_skips_complete_nights_and_isolates_a_failing_one(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_flows.backfill import BackfillError, backfill_flow
     from s2v_batch import sink
     from s2v_batch import store as zstore
+    from s2v_flows.backfill import BackfillError, backfill_flow
 
     model_a = str(make_test_model("flows-a", "1", 1))
     model_b = str(make_test_model("flows-a", "2", 2))
@@ -329,8 +329,8 @@ def test_resolve_night():
 def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
-    from s2v_flows.nightly import NIGHTLY_CRON, OBSERVATORY_TZ, nightly_flow
     from s2v_batch.config import PipelineConfig
+    from s2v_flows.nightly import NIGHTLY_CRON, OBSERVATORY_TZ, nightly_flow
 
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
     (dep,) = [d for d in project["deployments"] if d["name"] == "s2v-nightly"]
