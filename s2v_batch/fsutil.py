@@ -60,18 +60,47 @@ def replace_dir(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def tmp_name(path: Path) -> Path:
+def tmp_name(path: str | os.PathLike[str]) -> Path:
     """A process-unique temporary sibling of ``path`` (dot-prefixed: readers ignore it)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file under a temporary name and rename it onto ``path`` when the block succeeds.
+
+    Readers see the old file or the whole new one, never half of it; on an error the temporary
+    file is removed and ``path`` is left as it was.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary sibling to write (see :func:`tmp_name`).
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """``<absolute path>:<size>:<mtime in ns>`` of a file: what a fingerprint of it is made of.
+
+    Cheap (one ``stat``) and changes whenever the file is rewritten, replaced or touched.
+    """
+    p = Path(path)
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 class StoreBusyError(RuntimeError):
