@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from s2v_batch import model as M
 from s2v_batch.conventions import CHANNELS
+from s2v_batch.decode import combine_channels, decode_gif
 from s2v_batch.simulator import render_gif, simulate_stamps
-from s2v_batch.stamps import combine_channels, decode_gif
 
 REPO = Path(__file__).resolve().parents[1]
 

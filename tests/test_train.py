@@ -14,8 +14,8 @@ from s2v_batch import metrics
 from s2v_batch import model as M
 from s2v_batch import train as T
 from s2v_batch.conventions import CHANNELS
+from s2v_batch.decode import combine_channels, decode_gif
 from s2v_batch.simulator import render_gif, simulate_stamps
-from s2v_batch.stamps import combine_channels, decode_gif
 from s2v_batch.store import write_night
 
 # ----------------------------------------------------------------------------- splits
