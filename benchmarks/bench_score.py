@@ -46,7 +46,7 @@ def make_store(root: Path, n: int, seed: int = 3) -> Path:
     stamps = np.concatenate([u8] * reps)[:n]
     labels = np.concatenate([block.labels] * reps)[:n]
     zstore.write_night(path, stamps, np.arange(n, dtype=np.int64), labels, season="Y1", night=20130901,
-                       attrs={"input_fingerprint": f"bench-{n}"})
+                       attrs={"night_fingerprint": f"bench-{n}"})
     return path
 
 

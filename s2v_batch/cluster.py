@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 KINDS = ("local", "cuda", "slurm", "address")
+#: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
+ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ucxx|ws|wss|inproc)://")
 
 
 class ClusterError(ValueError):
@@ -176,8 +179,9 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
 
     Parameters
     ----------
-    spec : ClusterSpec, path or None
-        A spec, a spec file (or the name of one in ``cluster/``), or None for the local default.
+    spec : ClusterSpec, path, address or None
+        A spec, a spec file (or the name of one in ``cluster/``), a running scheduler's address
+        (``tcp://host:port``: attached to and left running), or None for the local default.
 
     Yields
     ------
@@ -185,6 +189,8 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     """
     from distributed import Client
 
+    if isinstance(spec, str) and ADDRESS_RE.match(spec):
+        spec = ClusterSpec(kind="address", options={"address": spec}, name=spec)
     if not isinstance(spec, ClusterSpec):
         spec = load_spec(spec)
     if spec.kind == "address":

@@ -20,39 +20,53 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _seconds(name: str, value: float) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and 0 <= value < float("inf")):
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """How ingest cuts and stores work.
 
     stamp_size: stamp edge in pixels (51 for DES). unit_stamps: loose stamps per decode task.
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
+    lock_wait: seconds to wait for another writer of the same season.
     """
 
     stamp_size: int = STAMP_SIZE
     unit_stamps: int = 2048
     shard_stamps: int = 4096
     chunk_stamps: int = 256
+    #: Seconds to wait while another process ingests the same season (then StoreBusyError).
+    lock_wait: float = 3600.0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _positive(f.name, getattr(self, f.name))
+        for name in ("stamp_size", "unit_stamps", "shard_stamps", "chunk_stamps"):
+            _positive(name, getattr(self, name))
+        _seconds("lock_wait", self.lock_wait)
         if self.shard_stamps % self.chunk_stamps:
             raise ConfigError("shard_stamps must be a multiple of chunk_stamps")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), and
-    stamps per task (one Parquet part each: small enough that every worker gets several)."""
+    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), stamps
+    per task (one Parquet part each: small enough that every worker gets several), and seconds
+    to wait for another writer of the same night."""
 
     batch_size: int = 512
     threshold: float | None = None
     mixed_precision: bool = False
     part_stamps: int = 2048
+    #: Seconds to wait while another process scores the same night (then StoreBusyError).
+    lock_wait: float = 3600.0
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
         _positive("part_stamps", self.part_stamps)
+        _seconds("lock_wait", self.lock_wait)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
 

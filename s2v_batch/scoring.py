@@ -9,15 +9,14 @@ re-run (after a killed worker or process) redoes only the missing parts.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +25,7 @@ from . import sink
 from . import store as zstore
 from .config import ScoreConfig
 from .conventions import CHANNELS
-from .fsutil import exclusive_all, write_bytes_atomic
+from .fsutil import exclusive_all
 
 
 class ScoringError(ValueError):
@@ -162,6 +161,18 @@ class NightScore:
     n_errors: int
     path: Path
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready summary (paths as strings)."""
+        return {
+            "season": self.season,
+            "night": self.night,
+            "status": self.status,
+            "n_stamps": self.n_stamps,
+            "n_candidates": self.n_candidates,
+            "n_errors": self.n_errors,
+            "path": str(self.path),
+        }
+
 
 @dataclass
 class ScoreSummary:
@@ -183,6 +194,10 @@ class ScoreSummary:
     def n_errors(self) -> int:
         return sum(n.n_errors for n in self.nights)
 
+    def night(self, season: str, night: int) -> NightScore | None:
+        """The result of one night of this run (None: not scored, its dataset is incomplete)."""
+        return next((n for n in self.nights if (n.season, n.night) == (season, int(night))), None)
+
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         scored = [n for n in self.nights if n.status == "scored"]
@@ -195,36 +210,24 @@ class ScoreSummary:
         )
 
 
-def scores_complete(
-    scores_root: str | Path,
-    season: str,
-    night: int,
-    *,
-    store_fingerprint: str | None,
-    model_sha256: str,
-    threshold: float,
-    n_stamps: int | None = None,
-) -> dict | None:
-    """The night's manifest when its published scores are for this model, threshold and stored
-    data (and ``n_stamps`` stamps, when given); else None. The test ``skip_complete`` applies."""
-    m = sink.read_manifest(scores_root, season, night)
-    if not m:
-        return None
-    try:
-        ok = (
-            m.get("model_sha256") == model_sha256
-            and m.get("store_fingerprint") == store_fingerprint
-            and float(m.get("threshold")) == float(threshold)
-        )
-    except (TypeError, ValueError):
-        return None
-    return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
+@dataclass
+class NightScoring:
+    """A night being scored: where its parts are staged, which are done, what it must hold."""
+
+    ref: zstore.NightRef
+    stage: Path
+    night_fp: str | None
+    n_stamps: int
+    run: dict[str, str]
+    stats: dict[int, dict[str, int]] = field(default_factory=dict)
+    left: int = 0
+    published: bool = False
 
 
 def score(
     store_root: str | Path,
     scores_root: str | Path,
-    client,
+    client: Any,
     *,
     model_path: str | Path | None = None,
     season: str | None = None,
@@ -233,7 +236,6 @@ def score(
     skip_complete: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    lock_wait: float = 3600.0,
 ) -> ScoreSummary:
     """Score every stored night (or one season / night) into the Parquet dataset.
 
@@ -250,21 +252,26 @@ def score(
     season, night : optional
         Restrict to a season and/or a night.
     config : ScoreConfig, optional
-        Batch size, threshold override, mixed precision.
+        Batch size, threshold override, mixed precision, part size, how long to wait for
+        another writer of a night.
     skip_complete : bool
-        Skip nights already published for this model, threshold and stored data (backfill);
-        otherwise every selected night is (re)scored and replaced.
+        Skip nights whose published scores are current (``sink.current_scores``: this model,
+        threshold and stored data); otherwise every selected night is (re)scored and replaced.
     progress : bool
         Show a progress bar.
     log : callable
         Where status lines go.
-    lock_wait : float
-        Seconds to wait while another process writes the same night
-        (:func:`s2v_batch.fsutil.exclusive`) before giving up with ``StoreBusyError``.
 
     Returns
     -------
     ScoreSummary
+
+    Raises
+    ------
+    ScoringError
+        Nothing stored to score.
+    StoreBusyError
+        Another process kept a night's lock past ``config.lock_wait`` seconds.
     """
     from .model import default_model_path, load_card
 
@@ -289,7 +296,7 @@ def score(
         for r in refs
     ]
     # One writer per night: staging and publishing are not shared.
-    with exclusive_all(locks, wait=lock_wait, log=log):
+    with exclusive_all(locks, wait=cfg.lock_wait, log=log):
         summary = _score_nights(
             refs,
             scores_root,
@@ -314,28 +321,23 @@ def _score_nights(
     from tqdm.auto import tqdm
 
     summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
-    key = f"{card.sha256[:16]}-t{threshold:.6f}-p{cfg.part_stamps}"
+    key = sink.run_key(card.sha256, threshold, cfg.part_stamps)
     jobs: dict = {}
-    plans: dict[tuple[str, int], dict] = {}
+    plans: dict[tuple[str, int], NightScoring] = {}
     for ref in refs:
         attrs = zstore.verify_night(ref.path)
         if attrs is None:
             log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
             continue
-        want = {
-            "model_sha256": card.sha256,
-            "threshold": threshold,
-            "store_fingerprint": attrs.get("input_fingerprint"),
-            "n_stamps": int(attrs["n_stamps"]),
-        }
-        m = skip_complete and scores_complete(
+        night_fp, n_stamps = zstore.fingerprint_of(attrs), int(attrs["n_stamps"])
+        m = skip_complete and sink.current_scores(
             scores_root,
             ref.season,
             ref.night,
-            store_fingerprint=want["store_fingerprint"],
+            night_fp=night_fp,
             model_sha256=card.sha256,
             threshold=threshold,
-            n_stamps=want["n_stamps"],
+            n_stamps=n_stamps,
         )
         if m:
             summary.nights.append(
@@ -353,14 +355,12 @@ def _score_nights(
         sink.discard_staging(scores_root, ref.season, ref.night, keep=key)
         stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
         stage.mkdir(parents=True, exist_ok=True)
-        run = _run_identity(stage)
-        slices = zstore.shard_slices(want["n_stamps"], cfg.part_stamps)
-        plan = {"ref": ref, "stage": stage, "want": want, "run": run, "left": 0, "stats": {}}
+        plan = NightScoring(ref, stage, night_fp, n_stamps, sink.run_identity(stage))
         plans[(ref.season, ref.night)] = plan
-        for i, sl in enumerate(slices):
+        for i, sl in enumerate(zstore.shard_slices(n_stamps, cfg.part_stamps)):
             part = sink.part_path(stage, i)
             if sink.part_rows(part) == sl.stop - sl.start:
-                plan["stats"][i] = _part_stats(part)  # resumed: done in an earlier run
+                plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
                 continue
             fut = client.submit(
                 score_shard,
@@ -372,44 +372,30 @@ def _score_nights(
                 threshold,
                 cfg.batch_size,
                 cfg.mixed_precision,
-                run["run_id"],
-                run["scored_at"],
+                plan.run["run_id"],
+                plan.run["scored_at"],
                 pure=False,
             )
             jobs[fut] = ((ref.season, ref.night), i)
-            plan["left"] += 1
-    bar = tqdm(total=len(jobs), desc="score", unit="shard", disable=not progress or not jobs)
+            plan.left += 1
+    bar = tqdm(total=len(jobs), desc="score", unit="part", disable=not progress or not jobs)
     for fut in as_completed(jobs):
         k, i = jobs[fut]
         plan = plans[k]
-        plan["stats"][i] = fut.result()
-        plan["left"] -= 1
+        plan.stats[i] = fut.result()
+        plan.left -= 1
         bar.update(1)
-        if plan["left"] == 0:  # publish each night as soon as its last shard lands
+        if plan.left == 0:  # publish each night as soon as its last part lands
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     bar.close()
     for plan in plans.values():
-        if "published" not in plan:  # every part was staged by an earlier, killed run
+        if not plan.published:  # every part was staged by an earlier, killed run
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     summary.nights.sort(key=lambda n: (n.season, n.night))
     return summary
 
 
-def _run_identity(stage: Path) -> dict:
-    """The run id and time of a night's scoring, kept in staging so a resumed run reuses them."""
-    path = stage / "_run.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        run = {
-            "run_id": uuid.uuid4().hex,
-            "scored_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        }
-        write_bytes_atomic(path, json.dumps(run).encode())
-        return run
-
-
-def _part_stats(part: Path) -> dict:
+def _part_stats(part: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     t = pq.read_table(part, columns=["is_candidate", "score"])
@@ -420,27 +406,24 @@ def _part_stats(part: Path) -> dict:
     }
 
 
-def _publish(plan: dict, scores_root, card, threshold: float) -> NightScore:
-    ref, stats = plan["ref"], plan["stats"].values()
+def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightScore:
+    ref, stats = plan.ref, plan.stats.values()
     n = sum(s["n"] for s in stats)
-    if n != plan["want"]["n_stamps"]:
-        raise ScoringError(
-            f"{ref.season}/{ref.night}: {n} rows scored, expected {plan['want']['n_stamps']}"
-        )
+    if n != plan.n_stamps:
+        raise ScoringError(f"{ref.season}/{ref.night}: {n} rows scored, expected {plan.n_stamps}")
     n_cand = sum(s["n_candidates"] for s in stats)
     n_err = sum(s["n_errors"] for s in stats)
-    (plan["stage"] / "_run.json").unlink(missing_ok=True)
-    manifest = {
-        **plan["want"],
-        **plan["run"],
-        "season": ref.season,
-        "night": ref.night,
-        "n_candidates": n_cand,
-        "n_errors": n_err,
-        "model_name": card.name,
-        "model_version": card.version,
-        "training_data": card.training_data,
-    }
-    dest = sink.publish_night(plan["stage"], scores_root, ref.season, ref.night, manifest)
-    plan["published"] = True
+    manifest = sink.manifest_for(
+        night_fp=plan.night_fp,
+        model=card.to_dict(),
+        run=plan.run,
+        threshold=threshold,
+        season=ref.season,
+        night=ref.night,
+        n_stamps=n,
+        n_candidates=n_cand,
+        n_errors=n_err,
+    )
+    dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
+    plan.published = True
     return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)

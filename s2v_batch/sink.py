@@ -1,22 +1,32 @@
-"""The hive-partitioned Parquet dataset of scores: ``SCORES/season=<S>/night=<N>/part-*.parquet``.
+"""The hive-partitioned Parquet dataset of scores, and every path of its tree.
 
-Parts are written per shard under ``SCORES/_staging/`` (pyarrow and pandas skip ``_`` folders),
-each through a temporary name and a rename; a finished night is swapped into place in one atomic
-exchange, so a reader sees a night's old rows or its new rows, never a mix or duplicates.
+Layout (this module is the only one that builds these paths)::
+
+    SCORES/season=<S>/night=<N>/part-*.parquet     the published scores of a night
+    SCORES/season=<S>/night=<N>/_manifest.json     what they were made from (model, data, run)
+    SCORES/_staging/season=<S>/night=<N>/<key>/    parts of a run being written (key: model,
+                                                   threshold, part size), and its _run.json
+    SCORES/_staging/season=<S>/night=<N>.lock      held by the one process scoring the night
+
+pyarrow and pandas skip ``_`` folders and files. Parts are written through a temporary name and
+a rename; a finished night is swapped into place in one atomic exchange, so a reader sees a
+night's old rows or its new rows, never a mix or duplicates.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import shutil
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fsutil import replace_dir, tmp_name, write_bytes_atomic
+from .fsutil import atomic_path, replace_dir, write_bytes_atomic
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -35,6 +45,14 @@ SCORE_SCHEMA = pa.schema(
 #: Partition columns as users query them (without it pyarrow infers night as int32).
 PARTITIONING_SCHEMA = pa.schema([("season", pa.string()), ("night", pa.int32())])
 MANIFEST = "_manifest.json"
+_STAGING = "_staging"
+_RUN_FILE = "_run.json"
+#: The manifest key of the stored night's fingerprint; manifests before 0.2 call it
+#: ``store_fingerprint`` (still read).
+_FINGERPRINT_KEYS = ("night_fingerprint", "store_fingerprint")
+
+
+# --------------------------------------------------------------------------- paths
 
 
 def night_dir(root: str | Path, season: str, night: int) -> Path:
@@ -42,27 +60,34 @@ def night_dir(root: str | Path, season: str, night: int) -> Path:
     return Path(root) / f"season={season}" / f"night={int(night)}"
 
 
+def run_key(model_sha256: str, threshold: float, part_stamps: int) -> str:
+    """Name of a scoring run's staging folder: parts staged under another key (another model,
+    threshold or part size) are not reused."""
+    return f"{model_sha256[:16]}-t{float(threshold):.6f}-p{int(part_stamps)}"
+
+
 def staging_dir(root: str | Path, season: str, night: int, key: str) -> Path:
     """Where a scoring run of one night writes its parts before publishing them."""
-    return Path(root) / "_staging" / f"season={season}" / f"night={int(night)}" / key
+    return Path(root) / _STAGING / f"season={season}" / f"night={int(night)}" / key
 
 
 def lock_path(root: str | Path, season: str, night: int) -> Path:
     """The lock file a process holds while it scores and publishes one night."""
-    return Path(root) / "_staging" / f"season={season}" / f"night={int(night)}.lock"
+    return Path(root) / _STAGING / f"season={season}" / f"night={int(night)}.lock"
 
 
 def part_path(folder: str | Path, index: int) -> Path:
-    """Deterministic name of the part holding shard ``index``."""
+    """Deterministic name of the part holding scoring task ``index``."""
     return Path(folder) / f"part-{index:05d}.parquet"
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def write_part(path: str | Path, table: pa.Table) -> None:
     """Write one part atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    pq.write_table(table.cast(SCORE_SCHEMA), tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.cast(SCORE_SCHEMA), tmp, compression="zstd")
 
 
 def part_rows(path: str | Path) -> int | None:
@@ -73,29 +98,27 @@ def part_rows(path: str | Path) -> int | None:
         return None
 
 
-def read_manifest(root: str | Path, season: str, night: int) -> dict[str, Any] | None:
-    """The manifest of a published night, or None."""
-    p = night_dir(root, season, night) / MANIFEST
+def run_identity(stage: str | Path) -> dict[str, str]:
+    """The run id and time of a night's scoring, kept in its staging folder so that a resumed
+    run reuses them (created on first use)."""
+    path = Path(stage) / _RUN_FILE
     try:
-        return json.loads(p.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        run = {
+            "run_id": uuid.uuid4().hex,
+            "scored_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        }
+        write_bytes_atomic(path, json.dumps(run).encode())
+        return run
 
 
-def manifests(root: str | Path, season: str | None = None) -> list[dict[str, Any]]:
-    """Manifests of every published night (optionally of one season), sorted by season, night."""
-    pattern = f"season={season}/night=*/{MANIFEST}" if season else f"season=*/night=*/{MANIFEST}"
-    out = []
-    for p in sorted(Path(root).glob(pattern)):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def publish_night(staging: Path, root: str | Path, season: str, night: int, manifest: dict) -> Path:
+def publish_night(
+    staging: str | Path, root: str | Path, season: str, night: int, manifest: dict[str, Any]
+) -> Path:
     """Swap a finished staging folder in as the night's scores (replacing any earlier ones)."""
+    staging = Path(staging)
+    (staging / _RUN_FILE).unlink(missing_ok=True)
     write_bytes_atomic(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
     dest = night_dir(root, season, night)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +142,76 @@ def discard_staging(root: str | Path, season: str, night: int, keep: str | None 
             shutil.rmtree(d, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- reading
+
+
+def read_manifest(root: str | Path, season: str, night: int) -> dict[str, Any] | None:
+    """The manifest of a published night, or None."""
+    p = night_dir(root, season, night) / MANIFEST
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def manifests(root: str | Path, season: str | None = None) -> list[dict[str, Any]]:
+    """Manifests of every published night (optionally of one season), sorted by season, night."""
+    pattern = f"season={season}/night=*/{MANIFEST}" if season else f"season=*/night=*/{MANIFEST}"
+    out = []
+    for p in sorted(Path(root).glob(pattern)):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def current_scores(
+    root: str | Path,
+    season: str,
+    night: int,
+    *,
+    night_fp: str | None,
+    model_sha256: str,
+    threshold: float,
+    n_stamps: int | None = None,
+) -> dict[str, Any] | None:
+    """The night's manifest when its published scores are for this stored data (``night_fp``),
+    model and threshold (and ``n_stamps`` stamps, when given); else None.
+
+    The one test of "these scores are done" that scoring (to skip a night) and planning use.
+    """
+    m = read_manifest(root, season, night)
+    if not m:
+        return None
+    published_fp = next((m[k] for k in _FINGERPRINT_KEYS if m.get(k)), None)
+    try:
+        ok = (
+            m.get("model_sha256") == model_sha256
+            and published_fp == night_fp
+            and float(m.get("threshold")) == float(threshold)
+        )
+    except (TypeError, ValueError):
+        return None
+    return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
+
+
+def newest_model(root: str | Path, season: str | None = None) -> dict[str, Any] | None:
+    """Provenance of the model that most recently scored these nights, from their manifests:
+    ``name``, ``version``, ``sha256`` and ``training_data`` (what a report states); None when
+    nothing is published."""
+    found = sorted(manifests(root, season), key=lambda m: m.get("scored_at", ""))
+    if not found:
+        return None
+    m = found[-1]
+    return {
+        "name": m.get("model_name"),
+        "version": m.get("model_version"),
+        "sha256": m.get("model_sha256"),
+        "training_data": m.get("training_data") or {},
+    }
+
+
 def read_scores(root: str | Path, season: str | None = None, columns: list[str] | None = None):
     """Read scores into pandas, with ``season`` as string and ``night`` as int32 columns.
 
@@ -134,3 +227,18 @@ def read_scores(root: str | Path, season: str | None = None, columns: list[str] 
     )
     flt = ds.field("season") == season if season is not None else None
     return dataset.to_table(columns=columns, filter=flt).to_pandas()
+
+
+def manifest_for(
+    night_fp: str | None, model: Mapping[str, Any], run: Mapping[str, str], **figures: Any
+) -> dict[str, Any]:
+    """A night's manifest: what its scores were made from and what they hold."""
+    return {
+        "night_fingerprint": night_fp,
+        **run,
+        **figures,
+        "model_sha256": model["sha256"],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "training_data": model.get("training_data") or {},
+    }

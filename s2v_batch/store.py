@@ -1,15 +1,25 @@
-"""The Zarr v3 store: one xarray-readable dataset per season and night.
+"""The Zarr v3 store: one xarray-readable dataset per season and night, and every path of its tree.
 
-Layout: ``STORE/<season>/<night>.zarr`` holding ``stamps (stamp, y, x, channel)`` (uint8 for
-gif-derived stamps, float32 for fits), ``stamp_id``, ``label`` (int8, -1 unknown),
-``masked_fraction`` and the coordinate ``channel``. ``stamps`` is sharded along ``stamp``: one
-shard file of thousands of stamps, small inner chunks, so that writing is fast and one stamp can
-be read without decompressing a whole shard.
+Layout (this module is the only one that builds these paths)::
+
+    STORE/<season>/<night>.zarr                  the night's dataset (see below)
+    STORE/<season>/quarantine-<night>.parquet    stamps not stored, with the reason
+    STORE/<season>/.ingest.lock                  held by the one ingest writing the season
+    STORE/<season>/.staging-<night>-<fp12>/      decoded units of a night being ingested
+    STORE/<season>/.<night>.zarr.partial         the night being assembled (renamed into place)
+    STORE/quarantine-unplaced.parquet            raw files outside any <season>/<YYYYMMDD> folder
+
+A night dataset holds ``stamps (stamp, y, x, channel)`` (uint8 for gif-derived stamps, float32
+for fits), ``stamp_id``, ``label`` (int8, -1 unknown), ``masked_fraction`` and the coordinate
+``channel``. ``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small
+inner chunks, so that writing is fast and one stamp can be read without decompressing a whole
+shard. Its attribute ``night_fingerprint`` says which raw inputs, labels and settings it was made
+from (:func:`night_fingerprint`); a night is *current* when it verifies and that matches.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -18,15 +28,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import __version__
 from .conventions import CHANNELS, is_night, is_season
-from .fsutil import replace_dir
+from .fsutil import atomic_path, replace_dir
 
 #: Stamps per shard file (one Dask task writes or reads whole shards).
 DEFAULT_SHARD_STAMPS = 4096
 #: Stamps per inner chunk (the unit of compression and of random access).
 DEFAULT_CHUNK_STAMPS = 256
+#: Bumped when the stored layout changes, so finished nights are re-ingested.
+FORMAT_VERSION = "1"
+#: The attribute holding :func:`night_fingerprint`; stores written before 0.2 call it
+#: ``input_fingerprint`` (still read).
+FINGERPRINT_ATTR = "night_fingerprint"
+_OLD_FINGERPRINT_ATTRS = ("input_fingerprint",)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("stamp_id", pa.int64()),
+        ("season", pa.string()),
+        ("night", pa.int64()),
+        ("path", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
 
 
 class StoreError(ValueError):
@@ -42,9 +70,30 @@ class NightRef:
     path: Path
 
 
+# --------------------------------------------------------------------------- paths
+
+
 def night_path(store_root: str | Path, season: str, night: int) -> Path:
     """Path of the dataset for ``season``/``night`` under ``store_root``."""
     return Path(store_root) / season / f"{int(night)}.zarr"
+
+
+def partial_path(final: str | Path) -> Path:
+    """Where a night dataset is assembled before it is renamed to ``final`` (hidden from readers)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial")
+
+
+def staging_dir(store_root: str | Path, season: str, night: int, night_fp: str) -> Path:
+    """Where an ingest stages the decoded units of a night; named by the night's fingerprint, so
+    a re-run with the same inputs reuses them and one with other inputs starts afresh."""
+    return Path(store_root) / season / f".staging-{int(night)}-{night_fp[:12]}"
+
+
+def staged_unit(staging: str | Path, unit_name: str) -> tuple[Path, Path]:
+    """The pixel file (``.npy``) and metadata file (``.meta.npz``, written last) of a staged unit."""
+    base = Path(staging) / unit_name
+    return base.with_suffix(".npy"), base.with_suffix(".meta.npz")
 
 
 def lock_path(store_root: str | Path, season: str) -> Path:
@@ -56,6 +105,65 @@ def lock_path(store_root: str | Path, season: str) -> Path:
 def quarantine_path(store_root: str | Path, season: str, night: int) -> Path:
     """Path of the quarantine table for ``season``/``night``."""
     return Path(store_root) / season / f"quarantine-{int(night)}.parquet"
+
+
+def unplaced_quarantine_path(store_root: str | Path) -> Path:
+    """Path of the quarantine table of raw files that belong to no season/night."""
+    return Path(store_root) / "quarantine-unplaced.parquet"
+
+
+def write_quarantine(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write a quarantine table (``stamp_id, season, night, path, reason``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def night_fingerprint(raw_fingerprint: str, labels_fingerprint: str | None, stamp_size: int) -> str:
+    """What a stored night must match to be current: its raw inputs, labels, stamp size, format.
+
+    Parameters
+    ----------
+    raw_fingerprint : str
+        The night's raw inputs (``rawtree.Discovery.fingerprints``: paths, sizes, mtimes).
+    labels_fingerprint : str, optional
+        The labels CSV's :func:`~s2v_batch.fsutil.file_identity` (None: no labels).
+    stamp_size : int
+        Stamp edge in pixels.
+
+    Returns
+    -------
+    str
+        A sha256 hex digest.
+    """
+    h = hashlib.sha256()
+    for part in (raw_fingerprint, labels_fingerprint or "", str(int(stamp_size)), FORMAT_VERSION):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def fingerprint_of(attrs: Mapping[str, Any]) -> str | None:
+    """The night fingerprint recorded in a dataset's attributes (old attribute names too)."""
+    for name in (FINGERPRINT_ATTR, *_OLD_FINGERPRINT_ATTRS):
+        if attrs.get(name):
+            return str(attrs[name])
+    return None
+
+
+def current_night(path: str | Path, night_fp: str) -> dict[str, Any] | None:
+    """The attributes of a night dataset that is complete and made from ``night_fp``; else None.
+
+    The one test of "this night is done" that ingest (to skip it) and planning use.
+    """
+    attrs = verify_night(path)
+    if attrs is None or fingerprint_of(attrs) != night_fp:
+        return None
+    return attrs
 
 
 def list_nights(store_root: str | Path, season: str | None = None) -> list[NightRef]:
@@ -281,7 +389,7 @@ def write_night(
     if stamps.ndim != 4 or stamps.shape[3] != len(CHANNELS) or stamps.shape[1] != stamps.shape[2]:
         raise StoreError(f"stamps must be (n, size, size, 3), got {stamps.shape}")
     mf = np.zeros(n, np.float32) if masked_fraction is None else masked_fraction
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = partial_path(path)
     create_night(
         tmp,
         n_stamps=n,

@@ -22,9 +22,10 @@ from hypothesis.extra import numpy as hnp
 
 from s2v_batch import store as zstore
 from s2v_batch.config import IngestConfig
-from s2v_batch.ingest import IngestError, ingest, plan_shards
+from s2v_batch.decode import StampError, decode_fits, decode_gif
+from s2v_batch.ingest import IngestError, ingest
 from s2v_batch.simulator import fits_bytes, render_gif, simulate
-from s2v_batch.stamps import StampError, decode_fits, decode_gif
+from s2v_batch.staging import plan_shards
 
 CFG = IngestConfig(unit_stamps=64, shard_stamps=128, chunk_stamps=32)
 
@@ -64,7 +65,7 @@ def _dataset_equal(a: Path, b: Path) -> None:
     da_, db_ = xr.open_zarr(a), xr.open_zarr(b)
     for name in ("stamps", "stamp_id", "label", "masked_fraction"):
         np.testing.assert_array_equal(da_[name].values, db_[name].values)
-    keep = ("n_stamps", "n_quarantined", "input_fingerprint", "source_format")
+    keep = ("n_stamps", "n_quarantined", "night_fingerprint", "source_format")
     assert {k: da_.attrs[k] for k in keep} == {k: db_.attrs[k] for k in keep}
 
 
@@ -371,7 +372,7 @@ _GIF = render_gif(np.random.default_rng(4).normal(100, 30, (51, 51)).astype(np.f
 
 
 def test_giflib_and_pillow_decode_the_same_pixels():
-    import s2v_batch.stamps as stamps
+    import s2v_batch.decode as stamps
 
     pytest.importorskip("imagecodecs")
     w, h, bits, interlace, palette, offset, full = stamps._gif_image_block(_GIF)

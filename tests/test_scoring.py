@@ -71,7 +71,7 @@ def stored(tmp_path_factory):
         night=20130901,
         shard_stamps=SHARD,
         chunk_stamps=64,
-        attrs={"input_fingerprint": "test"},
+        attrs={"night_fingerprint": "test"},
     )
     lab = batch.labels.copy()
     lab[:100] = -1  # some unknown labels: null in Parquet
@@ -84,7 +84,7 @@ def stored(tmp_path_factory):
         night=20140815,
         shard_stamps=SHARD,
         chunk_stamps=64,
-        attrs={"input_fingerprint": "test2"},
+        attrs={"night_fingerprint": "test2"},
     )
     return root
 
