@@ -68,17 +68,26 @@ def _add_lock_wait(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--lock-wait",
         type=float,
-        default=3600.0,
         metavar="SECONDS",
         help=f"wait this long while another process writes the same {what}, then exit 75 "
-        "(default 3600)",
+        "(default: the config's lock_wait, 3600)",
     )
 
 
-def _load_config(path: str | None):
+def _load_config(path: str | None, **overrides: dict[str, object]):
+    """The pipeline config of ``--config``, with the command line's settings (not None) on top."""
+    import dataclasses
+
     from .config import PipelineConfig
 
-    return PipelineConfig.from_yaml(path) if path else PipelineConfig()
+    cfg = PipelineConfig.from_yaml(path) if path else PipelineConfig()
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            cfg = dataclasses.replace(
+                cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
+            )
+    return cfg
 
 
 # --------------------------------------------------------------------------- commands
@@ -109,42 +118,30 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def cmd_ingest(a: argparse.Namespace) -> int:
     from .cluster import open_client
-    from .ingest import ingest
+    from .ingest import IngestError, ingest
 
-    cfg = _load_config(a.config)
-    nights = None
-    if a.night:
-        if not a.season:
-            raise SystemExit("s2v ingest: --night needs --season")
-        nights = {(a.season, n) for n in a.night}
+    cfg = _load_config(a.config, ingest={"lock_wait": a.lock_wait})
+    if a.night and not a.season:
+        raise IngestError("--night needs --season (the season the night belongs to)")
+    nights = {(a.season, n) for n in a.night} if a.night else None
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        s = ingest(
-            a.raw,
-            a.store,
-            client,
-            labels=a.labels,
-            config=cfg.ingest,
-            nights=nights,
-            progress=not a.no_progress,
-            lock_wait=a.lock_wait,
-        )
+        s = ingest(a.raw, a.store, client, labels=a.labels, config=cfg.ingest, nights=nights,
+                   progress=not a.no_progress)  # fmt: skip
     for n in s.nights:
         if n.n_quarantined:
-            print(
-                f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see quarantine-{n.night}.parquet)"
-            )
+            print(f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see {n.quarantine})")
     print(s.line())
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .store import list_nights
+    from .store import StoreError, list_nights
     from .train import train
 
     stores = [r.path for s in a.store for r in list_nights(s, a.season)]
     if not stores:
-        raise SystemExit(f"s2v train: no stored nights under {', '.join(a.store)}")
+        raise StoreError(f"no stored nights under {', '.join(a.store)}")
     command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
     r = train(
@@ -169,57 +166,36 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_score(a: argparse.Namespace) -> int:
     from .cluster import open_client
-    from .config import ScoreConfig
     from .scoring import score
 
-    base = _load_config(a.config).score
-    cfg = ScoreConfig(
-        batch_size=a.batch_size or base.batch_size,
-        threshold=a.threshold if a.threshold is not None else base.threshold,
-        mixed_precision=a.mixed_precision or base.mixed_precision,
-        part_stamps=a.part_stamps or base.part_stamps,
+    cfg = _load_config(
+        a.config,
+        score={
+            "batch_size": a.batch_size,
+            "threshold": a.threshold,
+            "mixed_precision": a.mixed_precision or None,
+            "part_stamps": a.part_stamps,
+            "lock_wait": a.lock_wait,
+        },
     )
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        s = score(
-            a.store,
-            a.out,
-            client,
-            model_path=a.model,
-            season=a.season,
-            night=a.night,
-            config=cfg,
-            progress=not a.no_progress,
-            lock_wait=a.lock_wait,
-        )
+        s = score(a.store, a.out, client, model_path=a.model, season=a.season, night=a.night,
+                  config=cfg.score, progress=not a.no_progress)  # fmt: skip
     print(s.line())
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from .model import load_card
     from .report import write_reports
+    from .sink import newest_model
 
-    card = None
-    if a.model:
-        from .model import load_card
-
-        card = load_card(a.model).to_dict()
-    else:  # provenance of the newest model that scored these nights, from their manifests
-        from .sink import manifests
-
-        found = sorted(manifests(a.scores, a.season), key=lambda m: m.get("scored_at", ""))
-        if found:
-            m = found[-1]
-            card = {
-                "name": m.get("model_name"),
-                "version": m.get("model_version"),
-                "sha256": m.get("model_sha256"),
-                "training_data": m.get("training_data") or {},
-            }
-    r = write_reports(
-        a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp, model_card=card
-    )
-    print(r.line() if hasattr(r, "line") else f"report: written under {a.out}")
+    # Provenance: the model named, else the newest model that scored these nights.
+    card = load_card(a.model).to_dict() if a.model else newest_model(a.scores, a.season)
+    r = write_reports(a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp,
+                      model_card=card)  # fmt: skip
+    print(r.line())
     return 0
 
 
@@ -227,19 +203,11 @@ def cmd_nightly(a: argparse.Namespace) -> int:
     from s2v_flows.nightly import nightly_flow
 
     out = nightly_flow(
-        raw=a.raw,
-        night=a.night,
-        store=a.store,
-        out=a.out,
-        reports=a.reports,
-        model=a.model,
-        cluster=a.cluster,
-        labels=a.labels,
-        season=a.season,
-        config=a.config,
-        progress=not a.no_progress,
-    )
-    print(out.get("line", out) if isinstance(out, dict) else out)
+        raw=a.raw, night=a.night, store=a.store, out=a.out, reports=a.reports, model=a.model,
+        cluster=a.cluster, labels=a.labels, season=a.season, config=a.config,
+        progress=not a.no_progress, wait_for_data=a.wait_for_data, fail_if_no_data=True,
+    )  # fmt: skip
+    print(out["line"])
     return 0
 
 
@@ -247,41 +215,26 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     from s2v_flows.backfill import backfill_flow
 
     out = backfill_flow(
-        raw=a.raw,
-        store=a.store,
-        out=a.out,
-        reports=a.reports,
-        model=a.model,
-        cluster=a.cluster,
-        labels=a.labels,
-        seasons=a.season,
-        nights=a.night,
-        max_concurrency=a.max_concurrency,
-        config=a.config,
-    )
-    print(out.get("line", out) if isinstance(out, dict) else out)
-    return 0 if not (isinstance(out, dict) and out.get("failed")) else 1
+        raw=a.raw, store=a.store, out=a.out, reports=a.reports, model=a.model,
+        cluster=a.cluster, labels=a.labels, seasons=a.season, nights=a.night,
+        max_concurrency=a.max_concurrency, config=a.config,
+    )  # fmt: skip
+    print(out["line"])
+    return 1 if out["failed"] else 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from s2v_flows.demo import run_demo
 
-    out = run_demo(
-        a.workdir,
-        nights=a.nights,
-        stamps_per_night=a.stamps_per_night,
-        seed=a.seed,
-        cluster=a.cluster,
-    )
-    reports = out.get("index") or out.get("reports")
-    print(f"demo: report at {reports}")
+    out = run_demo(a.workdir, nights=a.nights, stamps_per_night=a.stamps_per_night, seed=a.seed,
+                   cluster=a.cluster)  # fmt: skip
+    print(f"demo: report at {out['index']}")
     print(
         "query the scores with pandas:\n"
-        f"  python -c \"import pandas as pd; df = pd.read_parquet('{out.get('scores')}', "
+        f"  python -c \"import pandas as pd; df = pd.read_parquet('{out['scores']}', "
         "filters=[('season', '==', 'Y1')]); print(df.groupby('night').is_candidate.mean())\""
     )
-    if out.get("line"):
-        print(out["line"])
+    print(out["line"])
     return 0
 
 
@@ -413,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "nightly":
             s.add_argument("--night", type=_night, required=True, help="the night YYYYMMDD")
             s.add_argument("--season", type=_season, help="the season (default: from the path)")
+            s.add_argument(
+                "--wait-for-data",
+                type=float,
+                default=0.0,
+                metavar="SECONDS",
+                help="wait this long for the night's raw stamps to appear (default 0)",
+            )
         else:
             s.add_argument("--season", type=_season, action="append", help="only these seasons")
             s.add_argument("--night", type=_night, action="append", help="only these nights")
