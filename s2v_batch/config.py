@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from .conventions import STAMP_SIZE
+from .model.artifact import ModelArtifactError, check_name
 
 
 class ConfigError(ValueError):
@@ -144,8 +145,6 @@ class TrainConfig:
     shuffle_window: int = 2048
 
     def __post_init__(self) -> None:
-        from .model.artifact import ModelArtifactError, check_name
-
         if not isinstance(self.arch, str) or not self.arch:
             raise ConfigError(f"arch must be an architecture name, got {self.arch!r}")
         for name in ("epochs", "batch_size", "shuffle_window"):
