@@ -136,30 +136,27 @@ def cmd_ingest(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .config import TrainConfig
     from .store import StoreError, list_nights
     from .train import train
 
+    cfg = TrainConfig(
+        arch=a.arch,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        learning_rate=a.learning_rate,
+        patience=a.patience,
+        target_recall=a.target_recall,
+        seed=a.seed,
+        name=a.name,
+        version=a.version,
+    )
     stores = [r.path for s in a.store for r in list_nights(s, a.season)]
     if not stores:
         raise StoreError(f"no stored nights under {', '.join(a.store)}")
     command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
-    r = train(
-        stores,
-        a.out,
-        arch=a.arch,
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        target_recall=a.target_recall,
-        seed=a.seed,
-        name=a.name,
-        version=a.version,
-        learning_rate=a.learning_rate,
-        patience=a.patience,
-        progress=not a.no_progress,
-        command=command,
-        training_data=data,
-    )
+    r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress)
     print(f"train: {r.line()}")
     return 0
 

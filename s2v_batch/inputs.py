@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PipelineConfig
-from .model import ModelCard, default_model_path, load_card
+from .model.artifact import ModelCard, default_model_path, load_card
 
 #: The autoscan labels CSV looked for at the top of the raw root (DESIGN.md section 4).
 LABELS_CSV = "autoscan_features.3.csv"

@@ -41,14 +41,8 @@ import pyarrow.parquet as pq
 from . import __version__
 from .conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 from .fsutil import write_bytes_atomic
-from .metrics import (
-    DEFAULT_BINS,
-    STANDARD_FPRS,
-    Confusion,
-    MetricsError,
-    ScoreHistogram,
-    time_saved,
-)
+from .histogram import DEFAULT_BINS, ScoreHistogram
+from .metrics import STANDARD_FPRS, Confusion, MetricsError, time_saved
 
 __all__ = ["REPORT_FILES", "ReportError", "ReportSummary", "write_reports"]
 

@@ -1,4 +1,4 @@
-"""Tests of s2v_batch.metrics: published figures, exact metrics, the streaming histogram."""
+"""Tests of s2v_batch.metrics (published figures, exact metrics) and s2v_batch.histogram."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import metrics as m
-from s2v_batch.metrics import Confusion, MetricsError, ScoreHistogram
+from s2v_batch.histogram import ScoreHistogram
+from s2v_batch.metrics import Confusion, MetricsError
 
 # -- strategies -------------------------------------------------------------------------------
 
