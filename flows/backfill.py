@@ -116,10 +116,9 @@ def backfill_flow(
                 try:
                     done.append(fut.result().as_dict())
                 except Exception as exc:  # one night's failure must not stop the others
-                    logger.error(f"night {n.season}/{n.night} failed: {pipeline.error_text(exc)}")
-                    failed.append(
-                        {"season": n.season, "night": n.night, "error": pipeline.error_text(exc)}
-                    )
+                    failed.append({"season": n.season, "night": n.night,
+                                   "error": pipeline.error_text(exc)})  # fmt: skip
+                    logger.error(f"night {n.season}/{n.night} failed: {failed[-1]['error']}")
     reports_done: dict[str, dict[str, Any]] = {}
     for season in sorted({d["season"] for d in done} | {n.season for n in plan.complete}):
         state = report_season(inputs, season, return_state=True)

@@ -28,9 +28,6 @@ from s2v_batch.scoring import NightScore
 
 #: The schedule of the deployment: the morning after each observing night.
 NIGHTLY_CRON = "0 9 * * *"
-#: Retries of a task after a transient error, and the waits before each (seconds).
-RETRIES = 3
-RETRY_DELAYS = [10.0, 60.0, 300.0]
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -41,13 +38,9 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # The library's verified skip is the only cache: Prefect must not answer a step from its own.
-TASK = {
-    "cache_policy": NO_CACHE,
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS,
-    "retry_jitter_factor": 0.2,
-    "retry_condition_fn": retry_on_transient,
-}
+# Transient errors are retried 3 times, after 10 s, 60 s and 300 s (+-20%).
+TASK = {"cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": [10.0, 60.0, 300.0],
+        "retry_jitter_factor": 0.2, "retry_condition_fn": retry_on_transient}  # fmt: skip
 
 
 @task(name="plan-night", task_run_name="plan-{night}", **TASK)
@@ -171,10 +164,7 @@ def nightly_flow(
         logger.info(summary["line"])
         return summary
     (n,) = plan.nights
-    logger.info(
-        f"night {n.season}/{n.night}: {n.n_units} unit(s) of raw stamps; model "
-        f"{inputs.model_version} (sha256 {inputs.card.sha256[:12]}), threshold {inputs.threshold:g}"
-    )
+    logger.info(pipeline.describe(inputs, n))
     with open_client(cluster) as client:
         ing = ingest_night(inputs, client, plan, n, progress)
         sc = score_night(inputs, client, n, progress)
@@ -211,22 +201,13 @@ def build_deployment(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--name", default="s2v-nightly", help="deployment name")
     a = p.parse_args(argv)
     last_night(dt.datetime.now(dt.UTC), a.timezone)  # fail now on a bad timezone, not at 09:00
-    params = {
-        "raw": a.raw,
-        "store": a.store,
-        "out": a.out,
-        "reports": a.reports,
-        "model": a.model,
-        "cluster": a.cluster,
-        "labels": a.labels,
-        "config": a.config,
-        "observatory_tz": a.timezone,
-        "wait_for_data": a.wait_for_data,
-    }
+    names = ("raw", "store", "out", "reports", "model", "cluster", "labels", "config")
+    params = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    params.update(observatory_tz=a.timezone, wait_for_data=a.wait_for_data)
     return nightly_flow.to_deployment(
         name=a.name,
         schedules=[Cron(a.cron, timezone=a.timezone)],
-        parameters={"night": None, **{k: v for k, v in params.items() if v is not None}},
+        parameters={"night": None, **params},
         description="s2v-batch: ingest, score and report last night (served process)",
         tags=["s2v-batch", "nightly"],
     )

@@ -229,6 +229,16 @@ def plan_night(
     return p
 
 
+def describe(inputs: RunInputs, night: NightPlan) -> str:
+    """One line saying what a run is about to do for a night."""
+    return (
+        f"night {night.season}/{night.night}: {night.n_units} unit(s) of raw stamps, "
+        f"{'stored' if night.stored else 'to ingest'}, {'scored' if night.scored else 'to score'}; "
+        f"model {inputs.model_version} (sha256 {inputs.card.sha256[:12]}), "
+        f"threshold {inputs.threshold:g}"
+    )
+
+
 # --------------------------------------------------------------------------- steps
 
 
