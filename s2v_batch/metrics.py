@@ -4,7 +4,7 @@ Positive class = real (label 1); label 0 = artifact; label -1 = unknown, ignored
 labelled metric. A stamp is a candidate when ``score >= threshold``.
 
 Exact metrics on in-memory arrays (:func:`confusion`, :func:`roc_auc`, :func:`roc_curve`,
-operating points, :func:`threshold_for_recall`) and :func:`time_saved`. The arithmetic on class
+operating points, :func:`threshold_for_recall`). The arithmetic on class
 counts per group of tied scores (AUC, curves, operating points) is shared with
 :class:`s2v_batch.histogram.ScoreHistogram`, the streaming summary the reports use.
 
@@ -24,7 +24,6 @@ from .conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 __all__ = [
     "STANDARD_FPRS",
     "STANDARD_MDRS",
-    "WORKING_DAY_HOURS",
     "Confusion",
     "MetricsError",
     "confusion",
@@ -35,11 +34,8 @@ __all__ = [
     "roc_curve",
     "standard_operating_points",
     "threshold_for_recall",
-    "time_saved",
 ]
 
-#: Hours in the working day of :func:`time_saved`.
-WORKING_DAY_HOURS = 8.0
 #: FPRs at which autoscan and Ayyar et al. (2022) quote the missed detection rate.
 STANDARD_FPRS: tuple[float, ...] = (0.01, 0.025, 0.04)
 #: MDRs at which they quote the false positive rate.
@@ -439,59 +435,3 @@ def threshold_for_recall(scores: Any, labels: Any, target_recall: float = 0.99) 
     s, real = _labelled(scores, labels)
     pos = np.sort(s[real])[::-1]
     return float(pos[_reals_needed(int(pos.size), target_recall) - 1])
-
-
-def time_saved(
-    n_stamps: int,
-    n_candidates: int,
-    seconds_per_stamp: float = 0.5,
-    n_false_positives: int | None = None,
-) -> dict[str, float | None]:
-    """Human scanning time with and without the model (DESIGN.md section 3).
-
-    Parameters
-    ----------
-    n_stamps : int
-        Stamps a human would scan without the model.
-    n_candidates : int
-        Stamps left to scan with it (``score >= threshold``).
-    seconds_per_stamp : float
-        Human time per stamp; 0.5 s as in autoscan and space2vec.
-    n_false_positives : int, optional
-        Candidates that are artifacts, when labels tell.
-
-    Returns
-    -------
-    dict
-        ``hours_all``, ``hours_candidates``, ``hours_saved``, ``working_days_saved`` (8 h days),
-        ``reduction_factor`` (stamps / candidates; ``nan`` with no candidate), ``hours_wasted``
-        (false positives x seconds; ``None`` when unknown) and ``seconds_per_stamp``.
-    """
-    for name, value in (("n_stamps", n_stamps), ("n_candidates", n_candidates)):
-        if not _is_int(value) or value < 0:
-            raise MetricsError(f"{name} must be an integer >= 0, got {value!r}")
-    if n_candidates > n_stamps:
-        raise MetricsError(f"n_candidates ({n_candidates}) exceeds n_stamps ({n_stamps})")
-    sec = float(seconds_per_stamp)
-    if not (math.isfinite(sec) and sec > 0):
-        raise MetricsError(f"seconds_per_stamp must be a positive number, got {seconds_per_stamp}")
-    hours_all = n_stamps * sec / 3600.0
-    hours_cand = n_candidates * sec / 3600.0
-    wasted: float | None = None
-    if n_false_positives is not None:
-        if not _is_int(n_false_positives) or not 0 <= n_false_positives <= n_candidates:
-            raise MetricsError(
-                f"n_false_positives must be an integer in [0, n_candidates={n_candidates}], "
-                f"got {n_false_positives!r}"
-            )
-        wasted = n_false_positives * sec / 3600.0
-    saved = hours_all - hours_cand
-    return {
-        "seconds_per_stamp": sec,
-        "hours_all": hours_all,
-        "hours_candidates": hours_cand,
-        "hours_saved": saved,
-        "working_days_saved": saved / WORKING_DAY_HOURS,
-        "reduction_factor": _ratio(n_stamps, n_candidates),
-        "hours_wasted": wasted,
-    }

@@ -42,7 +42,8 @@ from . import __version__
 from .conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 from .fsutil import write_bytes_atomic
 from .histogram import DEFAULT_BINS, ScoreHistogram
-from .metrics import STANDARD_FPRS, Confusion, MetricsError, time_saved
+from .metrics import STANDARD_FPRS, Confusion, MetricsError
+from .timesaved import time_saved
 
 __all__ = ["REPORT_FILES", "ReportError", "ReportSummary", "write_reports"]
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from s2v_batch import metrics as m
+from s2v_batch import timesaved
 from s2v_batch.histogram import ScoreHistogram
 from s2v_batch.report import REPORT_FILES, ReportError, _provenance, write_reports
 
@@ -158,7 +159,7 @@ def expected(rows: dict[str, np.ndarray]) -> dict[str, Any]:
         "auc": m.roc_auc(s, lab),
         "hist": ScoreHistogram().add(s, lab),
         "exact_ops": m.standard_operating_points(s, lab),
-        "time": m.time_saved(
+        "time": timesaved.time_saved(
             int(ok.sum()), int(cand.sum()), 0.5, conf.fp if conf.n_labelled else None
         ),
     }
