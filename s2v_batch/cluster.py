@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from . import resources
+
 KINDS = ("local", "cuda", "slurm", "address")
 
 
@@ -47,18 +49,25 @@ class ClusterSpec:
 
 
 def load_spec(path: str | Path | None) -> ClusterSpec:
-    """Read a spec file; ``None`` gives the default local cluster sized to this machine."""
+    """Read a cluster spec; ``None`` gives the default local cluster sized to this machine.
+
+    Parameters
+    ----------
+    path : str, path or None
+        A spec file, or the name of a shipped spec (``local``, ``local.yaml``,
+        ``cluster/local.yaml``): an existing file wins (see :mod:`s2v_batch.resources`).
+
+    Raises
+    ------
+    ClusterError
+        A spec that does not exist (the message lists the shipped names) or cannot be used.
+    """
     if path is None:
         return default_local_spec()
-    path = Path(path)
-    if not path.is_file():
-        bundled = Path(__file__).resolve().parent.parent / "cluster" / f"{path}"
-        for cand in (bundled, bundled.with_suffix(".yaml")):
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            raise ClusterError(f"cluster spec {path} does not exist (see the cluster/ folder)")
+    try:
+        path = resources.find(resources.CLUSTER_SPECS, path)
+    except resources.ResourceNotFoundError as exc:
+        raise ClusterError(str(exc)) from None
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -177,7 +186,8 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     Parameters
     ----------
     spec : ClusterSpec, path or None
-        A spec, a spec file (or the name of one in ``cluster/``), or None for the local default.
+        A spec, a spec file (or the name of a shipped one: ``local``, ``slurm``...), or None
+        for the local default.
 
     Yields
     ------
