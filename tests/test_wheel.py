@@ -14,12 +14,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHT = 20131005
+#: The first test also waits for the venv install: minutes, more on a busy machine.
+INSTALL_TIMEOUT = 2400
 #: Not copied into the build: environments, build outputs, caches, outputs of local runs.
 IGNORED = shutil.ignore_patterns(
     ".git",
@@ -50,8 +53,11 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A fresh venv with the wheel installed; a work folder outside the checkout; its env."""
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A fresh venv with the wheel installed; a work folder outside the checkout; its env.
+
+    The venv (about a GB: TensorFlow) is removed at the end.
+    """
     root = tmp_path_factory.mktemp("wheel")
     assert REPO not in root.parents
     env = {
@@ -65,27 +71,31 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
     times = {}
-    t0 = time.perf_counter()
-    src = root / "src"
-    shutil.copytree(REPO, src, ignore=IGNORED)
-    dist = root / "dist"
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
-        root,
-        env,
-        600,
-    )
-    (wheel,) = dist.glob("s2v_batch-*.whl")
-    times["wheel_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    venv = root / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], root, env, 300)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], root, env, 1800)
-    times["venv_install_s"] = time.perf_counter() - t0
-    work = root / "work"
-    work.mkdir()
-    print(f"\nwheel {wheel.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    return {"venv": venv, "work": work, "env": env, "wheel": wheel, "times": times}
+    src, venv = root / "src", root / "venv"
+    try:
+        t0 = time.perf_counter()
+        shutil.copytree(REPO, src, ignore=IGNORED)
+        dist = root / "dist"
+        _run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
+            root,
+            env,
+            600,
+        )
+        (wheel,) = dist.glob("s2v_batch-*.whl")
+        times["wheel_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _run([sys.executable, "-m", "venv", str(venv)], root, env, 300)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
+        _run(pip, root, env, 1800)
+        times["venv_install_s"] = time.perf_counter() - t0
+        work = root / "work"
+        work.mkdir()
+        print(f"\nwheel {wheel.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+        yield {"venv": venv, "work": work, "env": env, "wheel": wheel, "times": times}
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def _s2v(installed: dict, *args: str, timeout: float = 900) -> str:
@@ -107,6 +117,7 @@ def _py(installed: dict, code: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT)
 def test_the_wheel_ships_specs_configs_and_the_flows_under_their_own_names(installed):
     names = json.loads(
         _py(
@@ -132,6 +143,7 @@ def test_the_wheel_ships_specs_configs_and_the_flows_under_their_own_names(insta
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT)
 def test_s2v_nightly_and_score_run_from_the_wheel_outside_the_checkout(installed):
     import pandas as pd
 
