@@ -106,7 +106,8 @@ def find(kind: ShippedKind, ref: str | os.PathLike[str]) -> Path | Traversable:
     name = shipped_name(kind, ref)
     if name is not None and name in available:
         return available[name]
-    names = ", ".join(available) or "none: the package was installed without them"
+    # An editable install made before setup.py mapped these folders has none: reinstall it.
+    names = ", ".join(available) or "none: reinstall the package (pip install -e .)"
     raise ResourceNotFoundError(
         f"{kind.what} {str(ref)!r} does not exist: not a file, nor a shipped {kind.what} "
         f"(shipped: {names})"
