@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from s2v_batch import pipeline
 from s2v_batch.cluster import open_client
@@ -162,7 +163,8 @@ def nightly_flow(
             raise pipeline.NoDataError(plan.missing[0].reason)
         summary = pipeline.no_data_summary(inputs, plan.missing[0])
         logger.info(summary["line"])
-        return summary
+        # A completed run whose state says why nothing was done (the server shows the message).
+        return Completed(message=plan.missing[0].reason, data=summary)
     (n,) = plan.nights
     logger.info(pipeline.describe(inputs, n))
     with open_client(cluster) as client:

@@ -9,6 +9,7 @@ to loopback unless a spec says otherwise.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from . import resources
 
 KINDS = ("local", "cuda", "slurm", "address")
 #: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
@@ -50,18 +53,25 @@ class ClusterSpec:
 
 
 def load_spec(path: str | Path | None) -> ClusterSpec:
-    """Read a spec file; ``None`` gives the default local cluster sized to this machine."""
+    """Read a cluster spec; ``None`` gives the default local cluster sized to this machine.
+
+    Parameters
+    ----------
+    path : str, path or None
+        A spec file, or the name of a shipped spec (``local``, ``local.yaml``,
+        ``cluster/local.yaml``): an existing file wins (see :mod:`s2v_batch.resources`).
+
+    Raises
+    ------
+    ClusterError
+        A spec that does not exist (the message lists the shipped names) or cannot be used.
+    """
     if path is None:
         return default_local_spec()
-    path = Path(path)
-    if not path.is_file():
-        bundled = Path(__file__).resolve().parent.parent / "cluster" / f"{path}"
-        for cand in (bundled, bundled.with_suffix(".yaml")):
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            raise ClusterError(f"cluster spec {path} does not exist (see the cluster/ folder)")
+    try:
+        path = resources.find(resources.CLUSTER_SPECS, path)
+    except resources.ResourceNotFoundError as exc:
+        raise ClusterError(str(exc)) from None
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -180,8 +190,9 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     Parameters
     ----------
     spec : ClusterSpec, path, address or None
-        A spec, a spec file (or the name of one in ``cluster/``), a running scheduler's address
-        (``tcp://host:port``: attached to and left running), or None for the local default.
+        A spec, a spec file (or the name of a shipped one: ``local``, ``slurm``...), a running
+        scheduler's address (``tcp://host:port``: attached to and left running), or None for the
+        local default.
 
     Yields
     ------
@@ -202,4 +213,9 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
         with Client(cluster) as client:
             yield client
     finally:
-        cluster.close()
+        try:
+            cluster.close()
+        except TimeoutError as exc:
+            # The work is done; a worker slow to exit on a loaded machine (its nanny kills it
+            # after a few seconds) must not turn a finished run into a failed one.
+            logging.getLogger(__name__).warning("the Dask cluster was slow to close: %s", exc)

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from . import resources
 from .conventions import STAMP_SIZE
 from .model.artifact import ModelArtifactError, check_name
 
@@ -120,10 +121,13 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        """Read and validate a YAML config file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        """Read and validate a YAML config: a file, or the name of a shipped config (``gpu``,
+        ``gpu.yaml``, ``configs/gpu.yaml``); an existing file wins (see :mod:`s2v_batch.resources`).
+        """
+        try:
+            path = resources.find(resources.PIPELINE_CONFIGS, path)
+        except resources.ResourceNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:

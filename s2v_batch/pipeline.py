@@ -37,7 +37,7 @@ __all__ = [
 ]  # fmt: skip
 
 #: Seconds between two looks for a night's data while waiting for it.
-POLL_SECONDS = 30.0
+POLL_SECONDS = 10.0
 
 Log = Callable[[str], None]
 
@@ -220,11 +220,11 @@ def plan_night(
             told = True
         time.sleep(min(poll, left))
     if not p.nights:
-        where = f"season {season}, " if season else ""
+        of = f" of season {season}" if season else ""
         earlier = sorted(n for n in p.discovery.other_nights if n < night)
         hint = f" (latest earlier night folder there: {earlier[-1]})" if earlier else ""
         waited = f" after waiting {wait_for_data:g} s" if wait_for_data > 0 else ""
-        reason = f"no stamps under {inputs.raw} for {where}night {night}{waited}{hint}"
+        reason = f"no data for night {night}{of}: no stamps under {inputs.raw}{waited}{hint}"
         p.missing[:] = [Gap(season, night, reason)]
     return p
 
@@ -401,7 +401,7 @@ def no_data_summary(inputs: RunInputs, gap: Gap) -> dict[str, Any]:
         "status": "no-data",
         "steps": {},
         "model": inputs.model_summary(),
-        "line": f"nightly: no data for night {gap.night}: {gap.reason}",
+        "line": f"nightly: {gap.reason}",
     }
 
 

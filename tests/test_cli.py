@@ -107,3 +107,25 @@ def test_shipped_pipeline_configs_are_valid(name):
         Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
     )
     assert cfg.ingest.stamp_size == 51 and cfg.score.part_stamps >= cfg.score.batch_size
+
+
+@pytest.mark.parametrize("ref", ["gpu", "gpu.yaml", "configs/gpu.yaml"])
+def test_a_shipped_config_is_found_by_name_from_any_folder(ref, tmp_path, monkeypatch):
+    from s2v_batch.config import PipelineConfig
+
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parent.parent
+    assert PipelineConfig.from_yaml(ref) == PipelineConfig.from_yaml(repo / "configs" / "gpu.yaml")
+
+
+def test_an_unknown_config_is_a_one_line_error_listing_the_shipped_names(tmp_path, capsys):
+    from s2v_batch.cli import main
+
+    code = main(["score", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "nope"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("s2v score: error: config file 'nope' does not exist")
+    configs = sorted(
+        p.stem for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")
+    )
+    assert f"(shipped: {', '.join(configs)})" in err

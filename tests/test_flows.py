@@ -156,7 +156,7 @@ def test_nightly_bad_input_fails_with_a_clear_error(
     model = str(make_test_model("flows-a", "1", 1))
     roots = _roots(tmp_path)
     kw = dict(raw=str(raw["root"]), model=model, cluster=address, **roots)
-    with pytest.raises(NoDataError, match="no stamps under .* night 20200101"):
+    with pytest.raises(NoDataError, match="no data for night 20200101: no stamps under"):
         nightly_flow(night=20200101, fail_if_no_data=True, **kw)
     with pytest.raises(NightError, match="YYYYMMDD"):
         nightly_flow(night="2013-09-01", **kw)
@@ -180,7 +180,8 @@ def test_a_night_without_data_completes_saying_so(
     assert state.is_completed()
     out = state.result()
     assert out["status"] == "no-data" and out["night"] in (before, after)
-    assert f"no data for night {out['night']}" in out["line"]
+    assert f"no data for night {out['night']}: no stamps under" in out["line"]
+    assert state.message.startswith(f"no data for night {out['night']}")
     assert "latest earlier night folder there" in out["line"]  # the newest simulated night
     # Waiting for late data: the run looks again until its window closes.
     t0 = dt.datetime.now()

@@ -108,7 +108,7 @@ def test_plan_night_reports_missing_data_and_waits_for_late_data(raw, tmp_path):
     p = pipeline.plan_night(inputs, 20200101)
     assert p.nights == []
     (gap,) = p.missing
-    assert gap.night == 20200101 and "no stamps under" in gap.reason
+    assert gap.night == 20200101 and gap.reason.startswith("no data for night 20200101: no stamps")
     newest = max(n for _, n in raw["nights"])  # every simulated night is earlier: the newest named
     assert gap.reason.endswith(f"(latest earlier night folder there: {newest})")
     late = tmp_path / "late-raw"
