@@ -330,11 +330,15 @@ def _schedule_once(d: dict[str, Any], at: dt.datetime, parameters: dict[str, Any
 
 
 def _snapshot(*roots: Path) -> dict[str, tuple[int, int, int]]:
-    """Every file under the roots: inode, mtime (ns), size."""
+    """Every file under the roots: inode, mtime (ns), size.
+
+    Writer-lock files are left out: each writer records itself in the lock it takes (so that a
+    second writer can name it), also on a run that then finds nothing to do. They hold no output.
+    """
     out = {}
     for root in roots:
         for p in sorted(root.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.suffix != ".lock":
                 st = p.stat()
                 out[str(p)] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return out
