@@ -217,7 +217,12 @@ def cmd_report(a: argparse.Namespace) -> int:
                 "training_data": m.get("training_data") or {},
             }
     r = write_reports(
-        a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp, model_card=card
+        a.scores,
+        a.out,
+        season=a.season,
+        seconds_per_stamp=a.seconds_per_stamp,
+        model_card=card,
+        store=a.store,
     )
     print(r.line() if hasattr(r, "line") else f"report: written under {a.out}")
     return 0
@@ -398,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, help="only this season")
     s.add_argument("--seconds-per-stamp", type=float, default=0.5, help="human time a stamp (0.5)")
     s.add_argument("--model", help="model card for provenance (default: from the scores)")
+    s.add_argument(
+        "--store",
+        help="Zarr store the scores came from: adds stamp galleries (without it they are skipped)",
+    )
     s.set_defaults(fn=cmd_report)
 
     for name, fn, helptext in (

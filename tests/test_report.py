@@ -137,7 +137,10 @@ def test_layout_and_files(dataset) -> None:
             assert d / name in summary.paths
         check_png(d / "score_histogram.png")
         check_png(d / "mdr_fpr.png")
-    assert len(summary.paths) == 4 * len(expected_dirs) + 1
+    for season in ("SV", "Y1"):  # a season also draws its nights and the index's trend line
+        check_png(out / season / "nights.png")
+        assert (out / season / "trend.png").is_file()
+    assert len(summary.paths) == 4 * len(expected_dirs) + 2 * 2 + 1
     assert summary.season_dirs == {"Y1": out / "Y1", "SV": out / "SV"}
     assert "Y1: 3 night(s)" in summary.line() and "[SIMULATED]" in summary.line()
 
@@ -214,7 +217,12 @@ def test_json_holds_every_design_figure(dataset) -> None:
 def test_html_is_self_contained_escaped_and_says_simulated(dataset) -> None:
     out = dataset["out"]
     page = (out / "SV" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    # Plots are the PNG files beside the page, linked by relative path (not embedded: a season
+    # of 200 nights would carry every image twice); the page loads nothing from the network.
+    for name in ("score_histogram.png", "mdr_fpr.png", "nights.png"):
+        assert f"<img src='{name}'" in page
+    assert "base64" not in page and "http://" not in page and "https://" not in page
+    assert "Galleries skipped: no Zarr store was given" in page
     assert "SIMULATED DATA" in page
     assert "&lt;b&gt;0.9&lt;/b&gt;" in page and "<b>0.9</b>" not in page
     assert "nights/20121105/report.html" in page

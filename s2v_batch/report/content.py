@@ -27,12 +27,10 @@ REPORT_FILES: dict[str, str] = {
     "score_histogram": "score_histogram.png",
     "mdr_fpr": "mdr_fpr.png",
 }
+#: Files a season report writes besides: the night-by-night plot and the index's trend line.
+SEASON_FILES: dict[str, str] = {"nights": "nights.png", "trend": "trend.png"}
 SCHEMA_ID = "s2v-batch/report"
 SCHEMA_VERSION = 1
-#: Figures of each night listed in its season's report.
-NIGHT_ROW_KEYS = (
-    "night", "n_stamps", "n_errors", "n_candidates", "n_labelled", "recall", "fdr", "roc_auc"
-)  # fmt: skip
 #: Fields of a model card a report quotes.
 CARD_KEYS = ("name", "version", "sha256", "threshold", "target_recall", "training_data")
 
@@ -254,11 +252,6 @@ def to_json(rep: Mapping[str, Any]) -> bytes:
     return (json.dumps(rep, indent=2, allow_nan=False) + "\n").encode()
 
 
-def night_row(rep: Mapping[str, Any]) -> dict[str, Any]:
-    """A night report's row in its season's ``night_reports``."""
-    return {k: rep[k] for k in NIGHT_ROW_KEYS}
-
-
 def is_season_report(rep: Any, season: str) -> bool:
     """Whether a parsed JSON document is a season report of ours for ``season``."""
     return (
@@ -274,12 +267,19 @@ def is_season_report(rep: Any, season: str) -> bool:
 
 
 def settings_identity(
-    seconds_per_stamp: float, simulated: bool | None, card: Mapping[str, Any] | None
+    seconds_per_stamp: float,
+    simulated: bool | None,
+    card: Mapping[str, Any] | None,
+    *,
+    store: str | None = None,
+    galleries: Mapping[str, int] | None = None,
+    flag_mads: float | None = None,
 ) -> dict[str, Any]:
     """The settings that change a report's content, as recorded in its ``identity``.
 
     The model card counts by its sha256 and by a digest of the fields a report quotes; the
-    package version counts because a newer s2v-batch may write different content.
+    package version counts because a newer s2v-batch may write different content; the store
+    counts by its path (the stamps in it by each night's ``store_fingerprint``, a night's).
     """
     quoted = {k: card.get(k) for k in CARD_KEYS if k in card} if card else None
     digest = hashlib.sha256(
@@ -293,6 +293,9 @@ def settings_identity(
             "model_card_digest": digest,
             "s2v_batch_version": __version__,
             "schema_version": SCHEMA_VERSION,
+            "store": store,
+            "galleries": dict(galleries or {}),
+            "flag_mads": flag_mads,
         }
     )
 

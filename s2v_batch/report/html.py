@@ -1,17 +1,17 @@
-"""HTML pages rendered from a report's JSON content (and the PNG files beside it) alone.
+"""HTML pages rendered from a report's JSON content alone.
 
 Nothing here reads the scores: a report folder can be re-rendered from its ``report.json`` files
-(:func:`s2v_batch.report.write.rerender`). Every value is escaped; pages need no network.
+(:func:`s2v_batch.report.write.rerender`). Images are the PNG files beside each page, linked by
+relative path (embedding them would double a season's size); pages load nothing from the
+network. Every value is escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,14 @@ th{background:#f3f3f3}
 .warn{color:#8a4b00}
 img{max-width:100%;height:auto;border:1px solid #eee}
 code{font-size:0.9em}
+tr.flag td{background:#fde2e1}
+.gal{display:flex;flex-wrap:wrap;gap:0.6em;margin:0.4em 0 1.2em}
+.gal figure{margin:0;font-size:0.78em;line-height:1.25}
+.st{overflow:hidden}
+.st img{max-width:none;border:0;display:block;image-rendering:pixelated}
+.trend{border:0;vertical-align:middle}
 """
+_LABELS = {1: "real", 0: "artifact", -1: "unknown"}
 
 
 def _e(v: Any) -> str:
@@ -70,16 +77,8 @@ def _page(title: str, body: str) -> bytes:
     ).encode()
 
 
-def _img(folder: Path, name: str, alt: str) -> str:
-    # Embedded so the page stands alone; the PNG file sits beside it as well.
-    path = folder / name
-    try:
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-    except OSError:
-        return f"<p class='warn'>plot {_e(name)} is missing</p>"
-    return (
-        f"<p><a href='{_e(name)}'><img src='data:image/png;base64,{data}' alt='{_e(alt)}'></a></p>"
-    )
+def _img(name: str, alt: str) -> str:
+    return f"<p><a href='{_e(name)}'><img src='{_e(name)}' alt='{_e(alt)}'></a></p>"
 
 
 def _links(rep: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -91,8 +90,8 @@ def _links(rep: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [("all seasons", "../index.html")]
 
 
-def report_html(rep: Mapping[str, Any], folder: Path) -> bytes:
-    """The page of one season or night report, from its JSON content and the PNGs in ``folder``."""
+def report_html(rep: Mapping[str, Any]) -> bytes:
+    """The page of one season or night report, from its JSON content."""
     if rep["kind"] == "night":
         title = f"s2v-batch report: season {rep['season']}, night {rep['night']}"
     else:
@@ -123,6 +122,10 @@ def report_html(rep: Mapping[str, Any], folder: Path) -> bytes:
             ]
         )
     )
+    if rep.get("night_reports") is not None:
+        parts.append(_nights_section(rep, files))
+    if "galleries" in rep:
+        parts.append(_galleries(rep["galleries"], season_page=rep["kind"] == "season"))
     parts.append(
         f"<h2>Scanning time</h2><p>At {rep['seconds_per_stamp']:g} s a stamp for a human, "
         f"on the {rep['n_scored']:,} scored stamps.</p>"
@@ -150,19 +153,15 @@ def report_html(rep: Mapping[str, Any], folder: Path) -> bytes:
             "<p>No labelled stamps: recall, FPR, FDR and the MDR-FPR curve need labels "
             "(1 real, 0 artifact).</p>"
         )
-    parts.append("<h2>Plots</h2>")
-    parts.append(_img(folder, files["score_histogram"], "score histogram per class"))
-    parts.append(
-        _img(folder, files["mdr_fpr"], "missed detection rate against false positive rate")
-    )
+    parts.append("<h2>Score plots</h2>")
+    parts.append(_img(files["score_histogram"], "score histogram per class"))
+    parts.append(_img(files["mdr_fpr"], "missed detection rate against false positive rate"))
     if rep["warnings"]:
         items = "".join(f"<li>{_e(w)}</li>" for w in rep["warnings"])
         parts.append(f"<h2>Warnings</h2><ul class='warn'>{items}</ul>")
     if rep["error_messages"]:
         rows = [(msg, _fmt(n)) for msg, n in rep["error_messages"].items()]
         parts.append("<h2>Scoring errors</h2>" + _table(rows))
-    if rep.get("night_reports"):
-        parts.append(_nights_table(rep["night_reports"]))
     parts.append(
         f"<hr><p><small>Generated {_e(rep['generated_at'])} by s2v-batch "
         f"{_e(rep['s2v_batch_version'])}. Figures also in "
@@ -198,36 +197,115 @@ def _labels_table(rep: Mapping[str, Any]) -> str:
     return out + f"<p><small>{_e(rep['roc_auc_method'])}</small></p>"
 
 
-def _nights_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _nights_section(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:
+    rng = rep.get("night_range") or {}
+    flagged = rep.get("flagged_nights") or []
+    out = ["<h2>Night by night</h2>"]
+    if rng.get("median") is not None:
+        out.append(
+            f"<p>Candidate fraction: median {rng['median']:.4f}, MAD {rng['mad']:.4f}. A night "
+            f"is flagged when its {_e(rng['method'])}.</p>"
+        )
+    elif rng.get("note"):
+        out.append(f"<p>No nights are flagged by their candidate fraction: {_e(rng['note'])}.</p>")
+    if flagged:
+        items = "".join(
+            f"<li><a href='nights/{int(f['night'])}/report.html'>{int(f['night'])}</a>: "
+            f"{_e(f['reason'])}</li>"
+            for f in flagged
+        )
+        out.append(f"<p class='warn'><b>{len(flagged)} night(s) flagged:</b></p><ul>{items}</ul>")
+    else:
+        out.append("<p>No night flagged.</p>")
+    if "nights" in files:
+        out.append(_img(files["nights"], "stamps, candidate fraction, recall and FDR per night"))
     head = (
-        "<tr><th>night</th><th>stamps</th><th>errors</th><th>candidates</th>"
-        "<th>labelled</th><th>recall</th><th>FDR</th><th>ROC AUC</th></tr>"
+        "<tr><th>night</th><th>stamps</th><th>errors</th><th>candidates</th><th>candidate "
+        "fraction</th><th>robust range</th><th>labelled</th><th>recall</th><th>FDR</th>"
+        "<th>ROC AUC</th><th>flag</th></tr>"
     )
-    body = "".join(
-        f"<tr><td><a href='nights/{r['night']}/report.html'>{r['night']}</a></td>"
-        f"<td class='n'>{_fmt(r['n_stamps'])}</td><td class='n'>{_fmt(r['n_errors'])}</td>"
-        f"<td class='n'>{_fmt(r['n_candidates'])}</td><td class='n'>{_fmt(r['n_labelled'])}</td>"
-        f"<td class='n'>{_fmt(r['recall'], rate=True)}</td>"
-        f"<td class='n'>{_fmt(r['fdr'], rate=True)}</td>"
-        f"<td class='n'>{_fmt(r['roc_auc'], rate=True)}</td></tr>"
-        for r in rows
+    body = []
+    for r in rep["night_reports"]:
+        lo, hi = r.get("fraction_low"), r.get("fraction_high")
+        span = f"{max(lo, 0.0):.4f}&ndash;{min(hi, 1.0):.4f}" if lo is not None else "&mdash;"
+        cls = " class='flag'" if r.get("flag") else ""
+        body.append(
+            f"<tr{cls}><td><a href='nights/{r['night']}/report.html'>{r['night']}</a></td>"
+            f"<td class='n'>{_fmt(r['n_stamps'])}</td><td class='n'>{_fmt(r['n_errors'])}</td>"
+            f"<td class='n'>{_fmt(r['n_candidates'])}</td>"
+            f"<td class='n'>{_fmt(r.get('candidate_fraction'), rate=True)}</td>"
+            f"<td class='n'>{span}</td><td class='n'>{_fmt(r['n_labelled'])}</td>"
+            f"<td class='n'>{_fmt(r['recall'], rate=True)}</td>"
+            f"<td class='n'>{_fmt(r['fdr'], rate=True)}</td>"
+            f"<td class='n'>{_fmt(r['roc_auc'], rate=True)}</td>"
+            + (
+                f"<td title='{_e(r['flag'])}'><b>{_e(r.get('flag_short') or 'flagged')}</b></td>"
+                if r.get("flag")
+                else "<td></td>"
+            )
+            + "</tr>"
+        )
+    return "".join(out) + f"<table>{head}{''.join(body)}</table>"
+
+
+def _galleries(doc: Mapping[str, Any], season_page: bool) -> str:
+    out = ["<h2>Stamps</h2>"]
+    if doc.get("skipped"):
+        return out[0] + f"<p class='warn'>Galleries skipped: {_e(doc['skipped'])}.</p>"
+    out.append(
+        f"<p>Each stamp: srch | temp | diff. Display stretch: {_e(doc.get('stretch', ''))}.</p>"
     )
-    return f"<h2>Nights</h2><table>{head}{body}</table>"
+    out += [f"<p class='warn'>{_e(n)}</p>" for n in doc.get("notes") or []]
+    for item in doc.get("items", []):
+        out.append(f"<h3>{_e(item['title'])} <small>({_e(item['answers'])})</small></h3>")
+        if item.get("note"):
+            out.append(f"<p class='warn'>{_e(item['note'])}</p>")
+        if item["stamps"]:
+            out.append(
+                f"<div class='gal'>{''.join(_stamp(doc, st, season_page) for st in item['stamps'])}</div>"
+            )
+    return "".join(out)
+
+
+def _stamp(doc: Mapping[str, Any], st: Mapping[str, Any], season_page: bool) -> str:
+    """One triplet: its row of the sprite, shown twice its stored size, and its caption."""
+    (_w, h), gap, (sw, sh) = doc["cell"], doc["gap"], doc["size"]
+    night = int(st["night"])
+    where = f"<a href='nights/{night}/report.html'>{night}</a>" if season_page else night
+    sid = int(st["stamp_id"])
+    return (
+        f"<figure><div class='st' style='width:{2 * sw}px;height:{2 * h}px'>"
+        f"<img src='{_e(doc['image'])}' width='{2 * sw}' height='{2 * sh}' "
+        f"style='margin-top:-{2 * int(st['row']) * (h + gap)}px' alt='stamp {sid}'>"
+        f"</div><figcaption>stamp_id {sid}<br>score {float(st['score']):.4f} &middot; "
+        f"{_LABELS.get(int(st['label']), '?')}<br>night {where}</figcaption></figure>"
+    )
 
 
 def index_html(seasons: Sequence[Mapping[str, Any]]) -> bytes:
     """The index page listing every season report (their JSON content, in display order)."""
     head = (
-        "<tr><th>season</th><th>data</th><th>nights</th><th>stamps</th><th>candidates</th>"
+        "<tr><th>season</th><th>data</th><th>nights</th><th>candidate fraction by night</th>"
+        "<th>flagged nights</th><th>stamps</th><th>candidates</th>"
         "<th>reduction factor</th><th>hours saved</th><th>recall</th><th>FDR</th></tr>"
     )
     rows = []
     for rep in seasons:
         s = rep["season"]
         data = {True: "<b>simulated</b>", False: "survey", None: "unknown"}[rep.get("simulated")]
+        trend = (rep.get("files") or {}).get("trend")
+        spark = (
+            f"<img class='trend' src='{_e(s)}/{_e(trend)}' width='180' height='40' "
+            f"alt='candidate fraction by night, season {_e(s)}'>"
+            if trend
+            else "&mdash;"
+        )
+        flagged = rep.get("flagged_nights")
         rows.append(
             f"<tr><td><a href='{_e(s)}/report.html'>{_e(s)}</a></td><td>{data}</td>"
-            f"<td class='n'>{_fmt(rep['n_nights'])}</td><td class='n'>{_fmt(rep['n_stamps'])}</td>"
+            f"<td class='n'>{_fmt(rep['n_nights'])}</td><td>{spark}</td>"
+            f"<td class='n'>{_fmt(len(flagged)) if flagged is not None else '&mdash;'}</td>"
+            f"<td class='n'>{_fmt(rep['n_stamps'])}</td>"
             f"<td class='n'>{_fmt(rep['n_candidates'])}</td>"
             f"<td class='n'>{_fmt(rep['reduction_factor'])}</td>"
             f"<td class='n'>{_fmt(rep['hours_saved'])}</td>"
@@ -236,10 +314,7 @@ def index_html(seasons: Sequence[Mapping[str, Any]]) -> bytes:
         )
     nights = "".join(
         f"<h3>{_e(rep['season'])}</h3><p>"
-        + " ".join(
-            f"<a href='{_e(rep['season'])}/nights/{int(n)}/report.html'>{int(n)}</a>"
-            for n in rep["nights"]
-        )
+        + " ".join(_night_link(rep, int(n)) for n in rep["nights"])
         + "</p>"
         for rep in seasons
     )
@@ -257,3 +332,11 @@ def index_html(seasons: Sequence[Mapping[str, Any]]) -> bytes:
         f"by s2v-batch {_e(__version__)}.</small></p>"
     )
     return _page("s2v-batch reports", body)
+
+
+def _night_link(rep: Mapping[str, Any], night: int) -> str:
+    reasons = {int(f["night"]): f["reason"] for f in rep.get("flagged_nights") or []}
+    href = f"{_e(rep['season'])}/nights/{night}/report.html"
+    if night in reasons:
+        return f"<a href='{href}' class='warn' title='{_e(reasons[night])}'><b>{night} (flagged)</b></a>"
+    return f"<a href='{href}'>{night}</a>"

@@ -1,9 +1,15 @@
-"""The report's PNG plots (matplotlib's object API: no global pyplot state, no display needed)."""
+"""The report's PNG plots (matplotlib's object API: no global pyplot state, no display needed).
+
+The score plots are drawn from the histogram of a tally; the night-by-night plots from a season
+report's JSON content alone. Plots are saved with a 64-colour palette: a third of the bytes of
+full colour, the same picture.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,9 +24,15 @@ def _display_bins(n_bins: int, most: int = 128) -> int:
 
 
 def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    img = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+    out = io.BytesIO()
+    img.quantize(colors=64).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def histogram_png(hist: ScoreHistogram, thresholds: list[float], title: str) -> bytes:
@@ -105,4 +117,103 @@ def mdr_fpr_png(
     # The curve runs from high MDR at low FPR to low MDR at high FPR: lower left stays empty.
     ax.legend(loc="lower left", fontsize="small")
     ax.grid(True, which="major", alpha=0.3)
+    return _png(fig)
+
+
+def _night_ticks(ax: Any, nights: list[int], most: int = 12) -> None:
+    step = max(1, math.ceil(len(nights) / most))
+    ticks = list(range(0, len(nights), step))
+    ax.set_xticks(ticks, [str(nights[i]) for i in ticks], rotation=35, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(nights) - 0.4)
+
+
+def _values(rows: list[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
+
+
+def nights_png(rep: Mapping[str, Any], title: str) -> bytes:
+    """A season night by night: stamps and errors, candidate fraction with its robust range and
+    the flagged nights, recall and FDR where labelled."""
+    from matplotlib.figure import Figure
+
+    rows = list(rep.get("night_reports") or [])
+    nights = [int(r["night"]) for r in rows]
+    x = np.arange(len(rows))
+    fig = Figure(figsize=(7.5, 6.6), dpi=100)
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.94, bottom=0.13, hspace=0.12)
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
+    ax1.set_title(title)
+    scored, errors = _values(rows, "n_scored"), _values(rows, "n_errors")
+    ax1.bar(x, scored, color="0.55", width=0.8, label="scored")
+    ax1.bar(x, errors, bottom=scored, color="crimson", width=0.8, label="errors (no score)")
+    ax1.set_ylabel("stamps")
+    ax1.legend(loc="upper left", fontsize="x-small", ncols=2)
+
+    frac = _values(rows, "candidate_fraction")
+    low, high = _values(rows, "fraction_low"), _values(rows, "fraction_high")
+    if np.isfinite(low).any():
+        ax2.fill_between(
+            x,
+            low,
+            high,
+            step="mid",
+            color="tab:green",
+            alpha=0.15,
+            label=f"robust range (median +- {rep['night_range']['n_mads']:g} MAD)",
+        )
+        ax2.axhline(rep["night_range"]["median"], color="tab:green", linewidth=0.8)
+    ax2.plot(x, frac, marker=".", color="tab:blue", linewidth=1, label="candidate fraction")
+    bad = np.array([bool(r.get("flag")) for r in rows], dtype=bool)
+    if bad.any():
+        ax2.plot(
+            x[bad],
+            np.nan_to_num(frac[bad]),
+            "X",
+            color="crimson",
+            markersize=8,
+            linestyle="none",
+            label=f"flagged ({int(bad.sum())})",
+        )
+    ax2.set_ylabel("candidate fraction")
+    ax2.set_ylim(0.0, min(1.0, max(0.05, float(np.nanmax(frac, initial=0.0)) * 1.15)))
+    ax2.legend(loc="upper left", fontsize="x-small", ncols=3)
+
+    recall, fdr = _values(rows, "recall"), _values(rows, "fdr")
+    if np.isfinite(recall).any() or np.isfinite(fdr).any():
+        ax3.plot(x, recall, marker=".", color="tab:orange", linewidth=1, label="recall")
+        ax3.plot(x, fdr, marker=".", color="tab:purple", linewidth=1, label="FDR")
+        ax3.set_ylim(0.0, 1.02)
+        ax3.legend(loc="center left", fontsize="x-small", ncols=2)
+    else:
+        ax3.text(
+            0.5,
+            0.5,
+            "no labelled stamps: no recall or FDR",
+            ha="center",
+            va="center",
+            transform=ax3.transAxes,
+        )
+    ax3.set_ylabel("labelled")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, axis="y", alpha=0.3)
+    _night_ticks(ax3, nights)
+    ax3.set_xlabel("night")
+    return _png(fig)
+
+
+def trend_png(rep: Mapping[str, Any]) -> bytes:
+    """A season's candidate fraction night by night at a glance (flagged nights in red)."""
+    from matplotlib.figure import Figure
+
+    rows = list(rep.get("night_reports") or [])
+    frac = _values(rows, "candidate_fraction")
+    fig = Figure(figsize=(1.8, 0.4), dpi=100)
+    ax = fig.add_axes((0.02, 0.08, 0.96, 0.84))
+    ax.set_axis_off()
+    x = np.arange(len(rows))
+    if np.isfinite(frac).any():
+        ax.plot(x, frac, color="tab:blue", linewidth=1)
+        bad = np.array([bool(r.get("flag")) for r in rows], dtype=bool)
+        ax.plot(x[bad], np.nan_to_num(frac[bad]), "o", color="crimson", markersize=2.5)
+        ax.set_xlim(-0.5, max(len(rows) - 0.5, 0.5))
     return _png(fig)

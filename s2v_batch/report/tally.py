@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from .. import sink
 from ..conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 from ..metrics import DEFAULT_BINS, Confusion, MetricsError, ScoreHistogram
+from .gallery import Picks
 
 
 class ReportError(ValueError):
@@ -85,9 +86,14 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     scored_at_min: Any = None
     scored_at_max: Any = None
+    #: The rows the galleries may show (None: not collected); needs a ``night``.
+    picks: Picks | None = None
+    night: int | None = None
 
     def merge(self, other: Tally) -> None:
         self.histogram.merge(other.histogram)
+        if self.picks is not None and other.picks is not None:
+            self.picks.merge(other.picks)
         for name in (
             "n_stamps",
             "n_scored",
@@ -178,6 +184,10 @@ class Tally:
         # is_candidate must say score >= threshold; both float32, compared exactly in float64.
         self.n_inconsistent += int((c[has_t] != (s[has_t] >= t[has_t])).sum())
         self.thresholds.update(np.unique(t[has_t]).tolist())
+        if self.picks is not None and self.night is not None and "stamp_id" in names:
+            ids = batch.column("stamp_id").cast(pa.int64()).fill_null(-1)
+            ids_ok = ids.to_numpy(zero_copy_only=False)[ok]
+            self.picks.add(ids_ok, s, lab, c, t, self.night)
         for col, dest in (
             ("model_version", self.model_versions),
             ("model_sha256", self.model_sha256s),
@@ -231,14 +241,18 @@ def season_key(season: str) -> tuple[int, int, str]:
     return (1, int(m.group(1)), season) if m else (2, 0, season)
 
 
-def read_night(paths: list[Path], where: str) -> Tally:
+def read_night(
+    paths: list[Path], where: str, night: int | None = None, picks: Picks | None = None
+) -> Tally:
     """Tally one night's part files, one file and one batch at a time.
+
+    With ``picks`` (and the ``night``), the rows the galleries may show are kept as well.
 
     ``ParquetFile.iter_batches`` decodes one row group at a time, and the string columns
     (the same few model versions and run ids on every row) stay dictionary-encoded: this keeps
     memory to about one row group, where a dataset scan with read-ahead held several.
     """
-    tally = Tally()
+    tally = Tally(picks=picks, night=night)
     for path in paths:
         try:
             names = pq.read_schema(path).names
@@ -251,7 +265,8 @@ def read_night(paths: list[Path], where: str) -> Tally:
         except (pa.ArrowException, OSError) as exc:
             raise ReportError(f"cannot read Parquet file {path}: {exc}") from None
         with pf:
-            cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
+            extra = ("stamp_id",) if picks is not None else ()
+            cols = [c for c in (*_REQUIRED, *_OPTIONAL, *extra) if c in names]
             try:
                 for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):
                     tally.add_batch(batch, where)

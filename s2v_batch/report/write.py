@@ -3,8 +3,10 @@
 Layout written::
 
     OUT/index.html
-    OUT/<season>/report.json, report.html, score_histogram.png, mdr_fpr.png
-    OUT/<season>/nights/<night>/report.json, report.html, score_histogram.png, mdr_fpr.png
+    OUT/<season>/report.json, report.html, score_histogram.png, mdr_fpr.png,
+                 nights.png, trend.png, gallery.png (with a store)
+    OUT/<season>/nights/<night>/report.json, report.html, score_histogram.png, mdr_fpr.png,
+                                gallery.png (with a store)
 
 Each ``report.json`` records the ``identity`` of what it was made from: per night the scores'
 run (``run_id``, ``model_sha256``, ``n_stamps`` from the night's manifest), and the settings that
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import ReportConfig
 from ..fsutil import write_bytes_atomic
-from . import content, html, plots
-from .content import REPORT_FILES
+from . import content, gallery, html, plots
+from . import nights as nights_mod
+from .content import REPORT_FILES, SEASON_FILES
 from .tally import ReportError, Tally, discover, night_identity, read_night, season_key
 
 #: ``ReportSummary.status`` values.
@@ -109,13 +113,14 @@ def _write_one(
     nights: list[int],
     ident: Mapping[str, Any],
     common: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    store_root: Path | None,
     night_rows: list[dict[str, Any]] | None = None,
+    flag_mads: float = 5.0,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Write the files of one report; return its JSON content and the paths written."""
     rep = content.clean(content.figures(tally, kind=kind, season=season, nights=nights, **common))
     rep["identity"] = dict(ident)
-    if night_rows is not None:
-        rep["night_reports"] = night_rows
     what = f"season {season}" if kind == "season" else f"season {season}, night {nights[0]}"
     sim = " [SIMULATED DATA]" if rep["simulated"] else ""
     pngs = {
@@ -126,13 +131,30 @@ def _write_one(
             tally.histogram, tally.confusion, rep["threshold"], f"MDR vs FPR, {what}{sim}"
         ),
     }
+    if night_rows is not None:
+        night_range, flagged = nights_mod.flag_nights(night_rows, flag_mads)
+        rep["night_reports"] = content.clean(night_rows)
+        rep["night_range"] = content.clean(night_range)
+        rep["flagged_nights"] = content.clean(flagged)
+        rep["files"].update(SEASON_FILES)
+        pngs["nights"] = plots.nights_png(rep, f"Night by night, {what}{sim}")
+        pngs["trend"] = plots.trend_png(rep)
+    doc, sprite = gallery.galleries(
+        tally.picks, sizes, season=season, labelled=rep["labelled"], store_root=store_root
+    )
+    rep["galleries"] = content.clean(doc)
+    if sprite is not None:
+        rep["files"]["gallery"] = gallery.SPRITE
+        pngs["gallery"] = sprite
     folder.mkdir(parents=True, exist_ok=True)
+    if sprite is None:  # an earlier report's galleries, not drawn now
+        (folder / gallery.SPRITE).unlink(missing_ok=True)
     paths = []
     for key, data in pngs.items():
         paths.append(folder / rep["files"][key])
         write_bytes_atomic(paths[-1], data)
     paths.append(folder / rep["files"]["html"])
-    write_bytes_atomic(paths[-1], html.report_html(rep, folder))
+    write_bytes_atomic(paths[-1], html.report_html(rep))
     paths.append(folder / rep["files"]["json"])
     write_bytes_atomic(paths[-1], content.to_json(rep))  # last: it says the report is whole
     return rep, paths
@@ -143,10 +165,12 @@ def write_reports(
     out_dir: str | os.PathLike[str],
     *,
     season: str | None = None,
-    seconds_per_stamp: float = 0.5,
+    seconds_per_stamp: float | None = None,
     simulated: bool | None = None,
     model_card: Mapping[str, Any] | None = None,
     skip_unchanged: bool = False,
+    store: str | os.PathLike[str] | None = None,
+    config: ReportConfig | None = None,
 ) -> ReportSummary:
     """Write per-season and per-night reports from the Parquet scores.
 
@@ -159,8 +183,8 @@ def write_reports(
         including ones written by earlier calls.
     season : str, optional
         Report on this season only; default every season found.
-    seconds_per_stamp : float
-        Human scanning time per stamp for the time-saved figures.
+    seconds_per_stamp : float, optional
+        Human scanning time per stamp for the time-saved figures (default: the config's, 0.5).
     simulated : bool, optional
         Whether the scores come from simulated stamps. When None, taken from the model
         card's ``training_data`` (its ``simulated`` flag, else its text).
@@ -171,6 +195,11 @@ def write_reports(
         scores and settings and whose files all exist; the index is rewritten only when a
         report was written (or it is missing). Re-running a finished night then rewrites no
         file. Default: write everything.
+    store : path, optional
+        The Zarr store the scores were computed from: the galleries read their stamps from it.
+        Without it the reports say the galleries were skipped, and why.
+    config : ReportConfig, optional
+        Gallery sizes and the flagging range (and seconds per stamp); defaults otherwise.
 
     Returns
     -------
@@ -183,15 +212,30 @@ def write_reports(
         the layout or holds unusable values.
     """
     root, out = Path(scores_root), Path(out_dir)
-    sec = float(seconds_per_stamp)
+    cfg = config if config is not None else ReportConfig()
+    sec = float(seconds_per_stamp if seconds_per_stamp is not None else cfg.seconds_per_stamp)
     if not (math.isfinite(sec) and sec > 0):
         raise ReportError(f"seconds_per_stamp must be a positive number, got {seconds_per_stamp}")
     if model_card is not None and not isinstance(model_card, Mapping):
         raise ReportError(f"model_card must be a mapping, got {type(model_card).__name__}")
+    store_root = Path(store) if store is not None else None
+    if store_root is not None and not store_root.is_dir():
+        raise ReportError(f"store {store_root} does not exist or is not a folder")
     found = discover(root, season)
     flag, prov = content.provenance(simulated, model_card)
     common = dict(seconds_per_stamp=sec, simulated=flag, provenance=prov, card=model_card)
-    settings = content.settings_identity(sec, simulated, model_card)
+    sizes = {k.removeprefix("gallery_"): v for k, v in cfg.gallery_sizes().items()}
+    night_sizes = {k: cfg.night_gallery if v else 0 for k, v in sizes.items()}
+    keep = {k: max(v, night_sizes[k]) for k, v in sizes.items()}
+    settings = content.settings_identity(
+        sec,
+        simulated,
+        model_card,
+        store=str(store_root.resolve()) if store_root else None,
+        galleries={**sizes, "night": cfg.night_gallery},
+        flag_mads=cfg.flag_mads,
+    )
+    shared = dict(common=common, store_root=store_root)
 
     written: list[Path] = []
     seasons: dict[str, dict[str, Any]] = {}
@@ -211,11 +255,12 @@ def write_reports(
             ):
                 seasons[name], status[name], nights_written[name] = old, UNCHANGED, 0
                 continue
-        season_tally = Tally()
+        season_tally = Tally(picks=gallery.Picks(sizes) if store_root else None)
         night_rows = []
         nights_written[name] = 0
         for night in sorted(found[name]):
-            tally = read_night(found[name][night], f"season {name} night {night}")
+            picks = gallery.Picks(keep) if store_root else None
+            tally = read_night(found[name][night], f"season {name} night {night}", night, picks)
             season_tally.merge(tally)
             folder = season_dir / "nights" / str(night)
             ident = content.identity(settings, {night: night_ids[night]})
@@ -228,11 +273,12 @@ def write_reports(
                     season=name,
                     nights=[night],
                     ident=ident,
-                    common=common,
+                    sizes=night_sizes,
+                    **shared,
                 )
                 written += paths
                 nights_written[name] += 1
-            night_rows.append(content.night_row(rep))
+            night_rows.append(nights_mod.night_row(rep))
         rep, paths = _write_one(
             season_dir,
             season_tally,
@@ -240,8 +286,10 @@ def write_reports(
             season=name,
             nights=sorted(found[name]),
             ident=season_id,
-            common=common,
+            sizes=sizes,
             night_rows=night_rows,
+            flag_mads=cfg.flag_mads,
+            **shared,
         )
         written += paths
         seasons[name], status[name] = rep, WRITTEN
@@ -287,7 +335,7 @@ def rerender(out_dir: str | os.PathLike[str]) -> list[Path]:
         if not (isinstance(rep, dict) and rep.get("schema") == content.SCHEMA_ID):
             continue
         page = path.parent / (rep.get("files") or REPORT_FILES)["html"]
-        write_bytes_atomic(page, html.report_html(rep, path.parent))
+        write_bytes_atomic(page, html.report_html(rep))
         pages.append(page)
     index = out / "index.html"
     write_bytes_atomic(index, html.index_html(_season_reports(out, {})))
