@@ -191,7 +191,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     # Provenance: the model named, else the newest model that scored these nights.
     card = load_card(a.model).to_dict() if a.model else newest_model(a.scores, a.season)
     r = write_reports(a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp,
-                      model_card=card)  # fmt: skip
+                      model_card=card, store=a.store)  # fmt: skip
     print(r.line())
     return 0
 
@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, help="only this season")
     s.add_argument("--seconds-per-stamp", type=float, default=0.5, help="human time a stamp (0.5)")
     s.add_argument("--model", help="model card for provenance (default: from the scores)")
+    s.add_argument(
+        "--store",
+        help="Zarr store the scores came from: adds stamp galleries (without it they are skipped)",
+    )
     s.set_defaults(fn=cmd_report)
 
     for name, fn, helptext in (

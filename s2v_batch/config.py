@@ -76,13 +76,50 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Report settings: seconds a human needs per stamp (DESIGN.md section 3)."""
+    """Report settings.
+
+    seconds_per_stamp: seconds a human needs per stamp (DESIGN.md section 3).
+    gallery_top, gallery_threshold, gallery_false_positives, gallery_false_negatives: stamps in
+    each gallery of a season page (top candidates by score, candidates closest to the threshold,
+    highest-scored false positives, lowest-scored false negatives); 0 turns a gallery off.
+    night_gallery: stamps in each gallery of a night page. At most 400 stamps are drawn for a
+    season page (they are read from the store, a few at a time).
+    flag_mads: a night is flagged when its candidate fraction is outside the season's median
+    +- this many MADs (MAD floored at the night's binomial noise).
+    """
 
     seconds_per_stamp: float = 0.5
+    gallery_top: int = 16
+    gallery_threshold: int = 16
+    gallery_false_positives: int = 16
+    gallery_false_negatives: int = 16
+    night_gallery: int = 4
+    flag_mads: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.seconds_per_stamp > 0:
             raise ConfigError("seconds_per_stamp must be > 0")
+        sizes = self.gallery_sizes()
+        for name, value in [*sizes.items(), ("night_gallery", self.night_gallery)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if sum(sizes.values()) > 400 or self.night_gallery > 100:
+            raise ConfigError(
+                "galleries are for looking at: at most 400 stamps on a season page "
+                f"(got {sum(sizes.values())}) and 100 a gallery on a night page "
+                f"(got {self.night_gallery})"
+            )
+        if not (isinstance(self.flag_mads, int | float) and self.flag_mads > 0):
+            raise ConfigError(f"flag_mads must be a number > 0, got {self.flag_mads!r}")
+
+    def gallery_sizes(self) -> dict[str, int]:
+        """Stamps per season gallery, by gallery kind."""
+        return {
+            "gallery_top": self.gallery_top,
+            "gallery_threshold": self.gallery_threshold,
+            "gallery_false_positives": self.gallery_false_positives,
+            "gallery_false_negatives": self.gallery_false_negatives,
+        }
 
 
 @dataclass(frozen=True)

@@ -329,12 +329,14 @@ REPORT_FIGURES = (
 
 
 def report_season(inputs: RunInputs, season: str) -> dict[str, Any]:
-    """Write the season's report and each of its nights'; return its summary.
+    """Write the season's report and its nights' (with stamp galleries from the store), unless
+    the scores they were made from are unchanged; return its summary.
 
     Returns
     -------
     dict
-        ``status`` (``done``), ``index``, ``season_dir``, ``figures`` and the report's ``line``.
+        ``status`` (``done`` or ``skipped``), ``index``, ``season_dir``, ``figures`` and the
+        report's ``line``.
     """
     from .report import write_reports
 
@@ -342,12 +344,14 @@ def report_season(inputs: RunInputs, season: str) -> dict[str, Any]:
         inputs.scores,
         inputs.reports,
         season=season,
-        seconds_per_stamp=inputs.config.report.seconds_per_stamp,
         model_card=inputs.card.to_dict(),
+        skip_unchanged=True,
+        store=inputs.store,
+        config=inputs.config.report,
     )
     rep = summary.seasons.get(season, {})
     return {
-        "status": "done",
+        "status": "skipped" if summary.status.get(season) == "unchanged" else "done",
         "index": str(summary.index_html),
         "season_dir": str(summary.season_dirs[season]),
         "figures": {k: rep.get(k) for k in REPORT_FIGURES if k in rep},

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +67,83 @@ def run_key(model_sha256: str, threshold: float, part_stamps: int) -> str:
     """Name of a scoring run's staging folder: parts staged under another key (another model,
     threshold or part size) are not reused."""
     return f"{model_sha256[:16]}-t{float(threshold):.6f}-p{int(part_stamps)}"
+
+
+class ScoresLayoutError(ValueError):
+    """A Parquet file or partition folder under the scores root that is not in the layout."""
+
+
+_SAFE_SEASON = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _hidden(name: str) -> bool:
+    # Staging ("_staging"), manifests and temporary or hidden files are not published data, and
+    # pyarrow and pandas skip them the same way.
+    return name.startswith(("_", "."))
+
+
+def published_nights(
+    root: str | Path, season: str | None = None
+) -> dict[str, dict[int, list[Path]]]:
+    """Every published night's part files: season -> night -> sorted ``*.parquet`` paths.
+
+    Folders and files whose names start with ``_`` or ``.`` are ignored; so are files that are
+    not ``.parquet``. A missing root gives ``{}``.
+
+    Parameters
+    ----------
+    root : path
+        The scores root.
+    season : str, optional
+        Only this season (only its ``season=<S>`` folder is walked).
+
+    Returns
+    -------
+    dict
+        Nights with at least one part file, parts in path order (nested folders included, as
+        pyarrow reads them).
+
+    Raises
+    ------
+    ScoresLayoutError
+        A Parquet file outside ``season=<S>/night=<YYYYMMDD>/``, a season name that is not
+        usable, or a night that is not an integer.
+    """
+    root = Path(root)
+    top = root if season is None else root / f"season={season}"
+    found: dict[str, dict[int, list[Path]]] = {}
+    if not top.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in sorted(filenames):
+            if _hidden(name) or not name.endswith(".parquet"):
+                continue
+            path = Path(dirpath) / name
+            parts = path.relative_to(root).parts
+            if (
+                len(parts) < 3
+                or not parts[0].startswith("season=")
+                or not parts[1].startswith("night=")
+            ):
+                raise ScoresLayoutError(
+                    f"Parquet file {path} is not under season=<S>/night=<YYYYMMDD>/ as the scores "
+                    "layout requires (docs/ARCHITECTURE.md, 'Scores')"
+                )
+            s = urllib.parse.unquote(parts[0].removeprefix("season="))
+            night_text = urllib.parse.unquote(parts[1].removeprefix("night="))
+            if not _SAFE_SEASON.match(s):
+                raise ScoresLayoutError(
+                    f"season {s!r} in {path} is not a usable name (letters, digits, _.-)"
+                )
+            try:
+                night = int(night_text)
+            except ValueError:
+                raise ScoresLayoutError(
+                    f"night {night_text!r} in {path} is not an integer YYYYMMDD"
+                ) from None
+            found.setdefault(s, {}).setdefault(night, []).append(path)
+    return found
 
 
 def staging_dir(root: str | Path, season: str, night: int, key: str) -> Path:
