@@ -24,8 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
 DEV = REPO / "cluster" / "slurm-dev"
 # By path: the name `slurm-cpu` is found through the spec lookup, which a wheel install changes.
@@ -189,6 +187,39 @@ def _finish(proc: subprocess.Popen, deadline: float) -> str:
     return out
 
 
+def test_slurm_cpu_spec_renders_a_cpu_job_for_the_dev_cluster(tmp_path, monkeypatch) -> None:
+    """The CPU spec as shipped, rendered without SLURM: no GPU, CPU threads, loopback, TLS."""
+    import dataclasses
+    import re
+
+    from s2v_batch.cluster import load_spec, make_cluster
+
+    monkeypatch.chdir(tmp_path)  # log_directory is relative
+    spec = load_spec(SPEC)
+    # Without scaling (no job is submitted) and with the workers' TLS files in tmp_path.
+    opts = {**spec.options, "shared_temp_directory": str(tmp_path)}
+    cluster = make_cluster(dataclasses.replace(spec, options=opts, scale={}))
+    try:
+        script, address = cluster.job_script(), cluster.scheduler_address
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    # The partition of the development cluster (start.sh's default) is the spec's queue.
+    partition = re.search(r"S2V_SLURM_PARTITION:-(\w+)", (DEV / "start.sh").read_text())[1]
+    assert f"#SBATCH -p {partition}" in lines and spec.options["queue"] == partition
+    assert "#SBATCH --cpus-per-task=1" in lines
+    assert not any("gres" in line or "gpu" in line for line in lines)
+    # A CPU worker: one TensorFlow thread per core, no GPU opened.
+    for line in ("export TF_NUM_INTRAOP_THREADS=1", "export CUDA_VISIBLE_DEVICES=''"):
+        assert line in lines
+    (worker,) = [line for line in lines if "distributed.cli.dask_worker" in line]
+    assert "--interface lo" in worker and "--dashboard-address 127.0.0.1:0" in worker
+    assert "--local-directory ${TMPDIR:-/tmp}" in worker
+    assert address.startswith("tls://127.0.0.1:") and "--tls-cert" in worker
+    assert spec.scale["adapt"]["minimum_jobs"] == 2
+
+
+@pytest.mark.slow
 def test_backfill_runs_on_slurm_jobs_and_equals_a_local_run(slurm, nights, tmp_path):
     before = set(_jobs())
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -225,6 +256,7 @@ def test_backfill_runs_on_slurm_jobs_and_equals_a_local_run(slurm, nights, tmp_p
     _assert_same_scores(_scores(tmp_path / "scores"), nights["ref"])
 
 
+@pytest.mark.slow
 def test_scancel_of_a_worker_job_mid_run_loses_and_duplicates_nothing(slurm, nights, tmp_path):
     before = set(_jobs())
     deadline = time.monotonic() + RUN_TIMEOUT

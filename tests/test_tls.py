@@ -29,8 +29,6 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
-
 STAMPS = 800
 PART = 100  # stamps per scoring task: eight tasks for two workers
 DASK = str(Path(sys.executable).with_name("dask"))  # Dask's command line, from this environment
@@ -313,6 +311,60 @@ def _client_files(pki: dict[str, Path], client: str = "client") -> dict[str, Pat
 # --------------------------------------------------------------------------- tests
 
 
+def test_an_address_spec_reads_its_tls_files_beside_it(pki, tmp_path):
+    from s2v_batch.cluster import load_spec, security_of
+
+    spec = load_spec(_spec(tmp_path / "site", "tls://127.0.0.1:8786", _client_files(pki)))
+    certs = (tmp_path / "site" / "certs").resolve()
+    assert spec.options == {
+        "address": "tls://127.0.0.1:8786",
+        "ca_file": str(certs / "ca_file.pem"),
+        "cert": str(certs / "cert.pem"),
+        "key": str(certs / "key.pem"),
+    }
+    sec = security_of(spec)
+    assert sec.require_encryption
+    assert (sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key) == (
+        spec.options["ca_file"],
+        spec.options["cert"],
+        spec.options["key"],
+    )
+    # No TLS files: no Security, Dask's configuration applies.
+    assert security_of(load_spec(_spec(tmp_path / "plain", "tcp://127.0.0.1:8786", None))) is None
+
+
+def test_bad_tls_address_specs_raise_cluster_errors(pki, tmp_path):
+    from s2v_batch.cluster import ClusterError, load_spec
+
+    files = _client_files(pki)
+    cases = {
+        "tcp-with-files": ("tcp://127.0.0.1:8786", files, "the address must be tls://"),
+        "no-cert": ("tls://127.0.0.1:8786", {"ca_file": pki["ca"]}, "needs options.ca_file and"),
+        "no-ca": ("tls://127.0.0.1:8786", {"cert": pki["client"]}, "needs options.ca_file and"),
+    }
+    for name, (address, given, message) in cases.items():
+        with pytest.raises(ClusterError, match=message):
+            load_spec(_spec(tmp_path / name, address, given))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "address",
+                "options": {"address": "tls://h:1", "ca_file": "no.pem", "cert": "c.pem"},
+            }
+        )
+    )
+    with pytest.raises(ClusterError, match="options.ca_file = .*no.pem does not exist"):
+        load_spec(missing)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(
+        yaml.safe_dump({"kind": "address", "options": {"address": "tcp://h:1", "tls": 1}})
+    )
+    with pytest.raises(ClusterError, match="not \\['tls'\\]"):
+        load_spec(unknown)
+
+
+@pytest.mark.slow
 def test_every_process_listens_on_loopback_only(dask_apart):
     import psutil
 
@@ -325,6 +377,7 @@ def test_every_process_listens_on_loopback_only(dask_apart):
     assert dask_apart.address.startswith("tls://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_score_through_a_tls_address_spec_equals_a_local_run(dask_apart, pki, night, tmp_path):
     spec = _spec(tmp_path / "site", dask_apart.address, _client_files(pki))
     elsewhere = tmp_path / "elsewhere"  # the spec's relative paths are read beside the spec
@@ -346,6 +399,7 @@ def test_score_through_a_tls_address_spec_equals_a_local_run(dask_apart, pki, ni
     assert len(done) == 2 and all(n > 0 for n in done.values()), done
 
 
+@pytest.mark.slow
 def test_a_client_without_a_trusted_certificate_is_refused_in_one_line(
     dask_apart, pki, night, tmp_path
 ):
@@ -391,6 +445,7 @@ def test_a_client_without_a_trusted_certificate_is_refused_in_one_line(
         assert client.submit(lambda: "still serving").result() == "still serving"
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_worker_mid_run_leaves_the_output_of_a_clean_run(
     dask_apart, pki, night, tmp_path
 ):
