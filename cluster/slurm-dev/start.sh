@@ -60,6 +60,10 @@ pid_of() {
 
 # -- configuration -------------------------------------------------------------------------------
 NODE=$(hostname -s)
+# The daemons bind to the address this host's name resolves to: it must be loopback.
+if ! getent ahostsv4 "$NODE" | awk '{print $1}' | grep -qx 127.0.0.1; then
+    die "this host's name ($NODE) does not resolve to 127.0.0.1; add '127.0.0.1 $NODE' to /etc/hosts"
+fi
 # The hardware as slurmd sees it (`nproc` would follow the caller's OMP_NUM_THREADS instead).
 # Leave 5% of the memory out: slurmd marks a node invalid when it has less than configured.
 HW=$(/usr/sbin/slurmd -C | head -1)
