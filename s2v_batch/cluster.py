@@ -2,8 +2,8 @@
 
 Kinds: ``local`` (``distributed.LocalCluster``, the default), ``cuda``
 (``dask_cuda.LocalCUDACluster``, one worker per GPU), ``slurm`` (``dask_jobqueue.SLURMCluster``,
-one GPU per job, adaptive) and ``address`` (attach to a running scheduler). Every service binds
-to loopback unless a spec says otherwise.
+one worker per job, adaptive) and ``address`` (attach to a running scheduler, over TLS when the
+spec names its certificate files). Every service binds to loopback unless a spec says otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ KINDS = ("local", "cuda", "slurm", "address")
 #: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
 ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ucxx|ws|wss|inproc)://")
 
+#: Options of an ``address`` spec: the scheduler, and the client's TLS files (Dask's
+#: ``--tls-ca-file``, ``--tls-cert``, ``--tls-key``).
+ADDRESS_OPTIONS = ("address", "ca_file", "cert", "key")
+TLS_FILES = ("ca_file", "cert", "key")
+
 
 class ClusterError(ValueError):
     """A cluster spec that cannot be used, or a cluster that cannot start here."""
@@ -35,8 +41,11 @@ class ClusterSpec:
     """A validated cluster spec.
 
     kind: one of ``local``, ``cuda``, ``slurm``, ``address``. options: keyword arguments for the
-    cluster class (for ``address``: ``address``). worker_env: environment for worker processes.
-    scale: ``{"jobs": N}`` or ``{"adapt": {"minimum_jobs": a, "maximum_jobs": b}}`` (slurm).
+    cluster class; for ``address``: ``address`` and, for a TLS scheduler, ``ca_file`` (the CA
+    that signed the scheduler's certificate), ``cert`` and ``key`` (the client's certificate and
+    key; ``key`` may be left out when ``cert`` holds both). worker_env: environment for worker
+    processes. scale: ``{"jobs": N}`` or ``{"adapt": {"minimum_jobs": a, "maximum_jobs": b, ...}}``
+    (slurm; further keys go to ``distributed.Adaptive``).
     """
 
     kind: str = "local"
@@ -48,8 +57,39 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ClusterError(f"unknown cluster kind {self.kind!r}; expected one of {KINDS}")
-        if self.kind == "address" and not self.options.get("address"):
-            raise ClusterError("an 'address' spec needs options.address (tcp://host:port)")
+        if self.kind == "address":
+            _check_address_options(self.options)
+
+
+def _check_address_options(opts: dict[str, Any]) -> None:
+    address = opts.get("address")
+    if not address or not isinstance(address, str):
+        raise ClusterError("an 'address' spec needs options.address (tcp://host:port)")
+    unknown = set(opts) - set(ADDRESS_OPTIONS)
+    if unknown:
+        raise ClusterError(
+            f"an 'address' spec takes options {ADDRESS_OPTIONS}, not {sorted(unknown)}"
+        )
+    given = [k for k in TLS_FILES if opts.get(k)]
+    if not given:
+        return
+    if not address.startswith("tls://"):
+        raise ClusterError(f"TLS files are given, so the address must be tls://..., not {address}")
+    if "ca_file" not in given or "cert" not in given:
+        raise ClusterError("a TLS 'address' spec needs options.ca_file and options.cert (and key)")
+    for k in given:
+        if not Path(opts[k]).is_file():
+            raise ClusterError(f"TLS file options.{k} = {opts[k]} does not exist")
+
+
+def _resolve_paths(opts: dict[str, Any], base: Path) -> dict[str, Any]:
+    """TLS file paths of a spec, relative to the spec's folder (``~`` and ``$VARS`` expanded)."""
+    opts = dict(opts)
+    for k in TLS_FILES:
+        if opts.get(k):
+            p = Path(os.path.expandvars(str(opts[k]))).expanduser()
+            opts[k] = str(p if p.is_absolute() else (base / p).resolve())
+    return opts
 
 
 def load_spec(path: str | Path | None) -> ClusterSpec:
@@ -84,7 +124,7 @@ def load_spec(path: str | Path | None) -> ClusterSpec:
     env = {str(k): str(v) for k, v in (data.get("worker_env") or {}).items()}
     return ClusterSpec(
         kind=data.get("kind", "local"),
-        options=dict(data.get("options") or {}),
+        options=_resolve_paths(dict(data.get("options") or {}), path.parent),
         worker_env=env,
         scale=dict(data.get("scale") or {}),
         name=str(path),
@@ -162,10 +202,15 @@ def make_cluster(spec: ClusterSpec):
             env.setdefault("KERAS_BACKEND", os.environ["KERAS_BACKEND"])
         return LocalCUDACluster(env=env, **opts)
     if spec.kind == "slurm":
-        from dask_jobqueue import SLURMCluster
-
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ClusterError(f"dask-jobqueue is not installed ({exc})") from None
         opts = _slurm_options(opts, spec.worker_env)
-        cluster = SLURMCluster(**opts)
+        try:
+            cluster = SLURMCluster(**opts)
+        except (TypeError, ValueError) as exc:  # an option the class does not take
+            raise ClusterError(f"cluster spec {spec.name}: {exc}") from None
         if "adapt" in spec.scale:
             cluster.adapt(**spec.scale["adapt"])
         elif "jobs" in spec.scale:
@@ -174,13 +219,81 @@ def make_cluster(spec: ClusterSpec):
     raise ClusterError(f"cannot start a cluster of kind {spec.kind!r}")
 
 
+def _wants_gpu(opts: dict[str, Any]) -> bool:
+    directives = " ".join(str(d) for d in opts.get("job_extra_directives") or [])
+    return "gpu" in directives
+
+
 def _slurm_options(opts: dict[str, Any], worker_env: dict[str, str]) -> dict[str, Any]:
+    """SLURMCluster keyword arguments: the worker environment becomes ``export`` lines.
+
+    A job that asks for no GPU gets the CPU worker environment (:func:`cpu_worker_env`, one
+    TensorFlow thread per core of its worker) under the spec's own ``worker_env``.
+    """
     opts = dict(opts)
+    env = dict(worker_env)
+    if not _wants_gpu(opts):
+        cores = int(opts.get("cores", 1))
+        threads = max(1, cores // max(1, int(opts.get("processes", 1))))
+        env = {**cpu_worker_env(threads), **env}
+    if "KERAS_BACKEND" in os.environ:
+        env.setdefault("KERAS_BACKEND", os.environ["KERAS_BACKEND"])
     prologue = list(opts.pop("job_script_prologue", []) or [])
-    prologue += [f"export {k}={v}" for k, v in worker_env.items()]
+    prologue += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if prologue:
         opts["job_script_prologue"] = prologue
     return opts
+
+
+def security_of(spec: ClusterSpec) -> Any:
+    """The ``distributed.Security`` of an ``address`` spec with TLS files (None without them).
+
+    Encryption is required: with these credentials the client never falls back to plain TCP.
+    """
+    opts = spec.options
+    if spec.kind != "address" or not opts.get("ca_file"):
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=opts["ca_file"],
+        tls_client_cert=opts["cert"],
+        tls_client_key=opts.get("key") or None,
+        require_encryption=True,
+    )
+
+
+def _connect(spec: ClusterSpec) -> Any:
+    """A client on the scheduler of an ``address`` spec; a refusal becomes one ClusterError."""
+    import dask
+    from distributed import Client
+
+    address = spec.options["address"]
+    security = security_of(spec)
+    if (
+        address.startswith("tls://")
+        and security is None
+        and not dask.config.get("distributed.comm.tls.ca-file", None)
+    ):
+        raise ClusterError(
+            f"the scheduler at {address} speaks TLS: give the spec's options ca_file, cert and "
+            "key (or set distributed.comm.tls in Dask's configuration)"
+        )
+    try:
+        return Client(address, security=security)
+    except (OSError, TimeoutError, TypeError, ValueError) as exc:
+        # OSError: refused, unreachable, or a TLS handshake that failed (a certificate the other
+        # side does not trust); TypeError/ValueError: TLS settings that cannot be used.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = re.sub(r"^in <[^>]*>: ", "", reason)  # distributed's "in <TLS (closed) ...>: "
+        hint = (
+            "check the spec's ca_file, cert and key"
+            if address.startswith("tls://")
+            else "is the scheduler running, and does it speak plain tcp://?"
+        )
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address}: {reason} ({hint})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -205,7 +318,7 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     if not isinstance(spec, ClusterSpec):
         spec = load_spec(spec)
     if spec.kind == "address":
-        with Client(spec.options["address"]) as client:
+        with _connect(spec) as client:
             yield client
         return
     cluster = make_cluster(spec)

@@ -180,7 +180,9 @@ def ingest(
     """
     cfg = config or IngestConfig()
     t0 = time.perf_counter()
-    store_root = Path(store_root)
+    # Absolute paths: workers started apart (TLS address specs) have a working directory of
+    # their own, and every path below is sent to them.
+    store_root, raw = Path(store_root).expanduser().resolve(), Path(raw).expanduser().resolve()
     lab = read_labels(labels) if isinstance(labels, str | Path) else labels
     wanted = None if nights is None else {int(n) for _, n in nights}
     disc = discovery or discover(raw, unit_stamps=cfg.unit_stamps, nights=wanted)

@@ -84,21 +84,21 @@ def resolve_inputs(
     InputError, ConfigError, ModelArtifactError
         (all ``ValueError``) with a message that names the bad input.
     """
-    raw_p = Path(raw).expanduser()
+    raw_p = Path(raw).expanduser().resolve()
     if not raw_p.exists():
         raise InputError(f"raw input {raw_p} does not exist")
     paths = {}
     for name, value in (("store", store), ("scores", scores), ("reports", reports)):
-        p = Path(value).expanduser()
+        p = Path(value).expanduser().resolve()
         if p.exists() and not p.is_dir():
             raise InputError(f"{name} {p} exists and is not a folder")
         paths[name] = p
     if len({p.resolve() for p in paths.values()}) < 3:
         raise InputError("store, scores and reports must be three different folders")
-    model_p = Path(model).expanduser() if model else default_model_path()
+    model_p = Path(model).expanduser().resolve() if model else default_model_path()
     card = load_card(model_p)
     if labels:
-        labels_p: Path | None = Path(labels).expanduser()
+        labels_p: Path | None = Path(labels).expanduser().resolve()
         if not labels_p.is_file():
             raise InputError(f"labels CSV {labels_p} does not exist")
     else:

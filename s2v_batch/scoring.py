@@ -277,7 +277,9 @@ def score(
 
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    model_path = Path(model_path) if model_path else default_model_path()
+    # Absolute paths: workers started apart have a working directory of their own.
+    model_path = Path(model_path).expanduser().resolve() if model_path else default_model_path()
+    scores_root = Path(scores_root).expanduser().resolve()
     card = load_card(model_path)
     keras_path = model_path.with_suffix(".keras")
     threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)

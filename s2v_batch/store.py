@@ -184,6 +184,7 @@ def list_nights(store_root: str | Path, season: str | None = None) -> list[Night
     root = Path(store_root)
     if not root.is_dir():
         raise StoreError(f"store {root} does not exist or is not a folder")
+    root = root.resolve()  # night paths are handed to workers, whose working folder may differ
     out = []
     for sdir in sorted(p for p in root.iterdir() if p.is_dir() and is_season(p.name)):
         if season is not None and sdir.name != season:

@@ -102,7 +102,8 @@ def test_slurm_spec_renders_its_job_script_without_slurm(tmp_path: Path, monkeyp
     assert "export XLA_PYTHON_CLIENT_PREALLOCATE=false" in lines
     (worker,) = [line for line in lines if "distributed.cli.dask_worker" in line]
     assert "--lifetime 55m --lifetime-stagger 4m" in worker
-    assert "--local-directory $TMPDIR" in worker
+    assert "--local-directory ${TMPDIR:-/tmp}" in worker
+    assert "--dashboard-address 127.0.0.1:0" in worker  # the worker's HTTP port: node loopback
     assert "--interface ib0" in worker
     # TLS: the scheduler speaks tls:// and each worker is given the temporary credentials.
     assert address.startswith("tls://127.0.0.1:")
