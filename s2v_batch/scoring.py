@@ -24,8 +24,9 @@ import pyarrow as pa
 from . import sink
 from . import store as zstore
 from .config import ScoreConfig
-from .conventions import CHANNELS
+from .conventions import CHANNELS, survey_of_season
 from .fsutil import exclusive_all
+from .surveys import alert_score_columns
 
 
 class ScoringError(ValueError):
@@ -113,6 +114,7 @@ def score_shard(
     import zarr
 
     group = zarr.open_group(night_path, mode="r")
+    survey = group.attrs.get("survey", "des")
     stamp_id = group["stamp_id"][start:stop]
     label = group["label"][start:stop]
     arr = group["stamps"]
@@ -140,9 +142,10 @@ def score_shard(
             "run_id": pa.array([run_id] * n, pa.string()),
             "scored_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
             "error": pa.array(reasons, pa.string()),
+            **alert_score_columns(group, survey, start, stop),
         }
     )
-    sink.write_part(out_part, table)
+    sink.write_part(out_part, table, sink.score_schema(survey))
     return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
 
 
@@ -288,6 +291,7 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    _check_one_survey(refs, scores_root)
     locks = [
         (
             sink.lock_path(scores_root, r.season, r.night),
@@ -395,6 +399,19 @@ def _score_nights(
     return summary
 
 
+def _check_one_survey(refs: list[zstore.NightRef], scores_root: str | Path) -> None:
+    """A scores root holds the nights of one survey (their parts share one schema)."""
+    new = {survey_of_season(r.season) for r in refs}
+    old = sink.surveys_of(scores_root) if Path(scores_root).is_dir() else set()
+    if len(new | old) > 1:
+        held = f" (it holds {', '.join(sorted(old))} nights)" if old else ""
+        raise ScoringError(
+            f"one scores root holds the nights of one survey: {', '.join(sorted(new | old))} "
+            f"nights under {scores_root}{held}; score each survey into its own root "
+            "(select with --season)"
+        )
+
+
 def _part_stats(part: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
@@ -423,6 +440,7 @@ def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightSc
         n_stamps=n,
         n_candidates=n_cand,
         n_errors=n_err,
+        survey=survey_of_season(ref.season),
     )
     dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
     plan.published = True

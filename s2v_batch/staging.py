@@ -19,6 +19,8 @@ from .fsutil import atomic_path
 from .rawtree import Unit
 from .stamps import read_unit
 
+_META = "meta__"
+
 
 def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
     """Decode one unit into the staging folder (or reuse it there); return its IDs and quarantine.
@@ -31,7 +33,12 @@ def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
             return _load_meta(meta_path, npy)
         except Exception:
             pass  # a damaged staged unit is simply decoded again
-    data = read_unit(unit, size)
+    if unit.survey == "des":
+        data = read_unit(unit, size)
+    else:
+        from .alertstamps import read_alert_unit
+
+        data = read_alert_unit(unit, size)
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, data.pixels)
     meta = {
@@ -41,6 +48,8 @@ def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
         "quarantine": np.asarray(json.dumps(data.quarantine)),
         "n_found": np.asarray(data.n_found),
         "dtype": np.asarray(str(data.pixels.dtype)),
+        # Alert fields kept per stamp (strings as fixed-width unicode: no pickle needed).
+        **{_META + k: v for k, v in data.meta.items()},
     }
     # Written last: its presence says the unit is staged whole.
     with atomic_path(meta_path) as tmp, open(tmp, "wb") as f:
@@ -58,8 +67,9 @@ def _load_meta(path: Path, npy: Path) -> dict[str, Any]:
             "n_found": int(z["n_found"]),
             "dtype": str(z["dtype"]),
             "npy": str(npy),
+            "meta": {k[len(_META) :]: z[k] for k in z.files if k.startswith(_META)},
         }
-    if len(out["stamp_id"]) != len(out["paths"]):
+    if any(len(v) != len(out["stamp_id"]) for v in (out["paths"], *out["meta"].values())):
         raise ValueError("inconsistent staged unit")
     return out
 
