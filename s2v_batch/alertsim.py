@@ -175,8 +175,10 @@ def write_archive(path: str | Path, members: Iterable[tuple[str, bytes]]) -> int
     from .fsutil import atomic_path
 
     n = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
+        # No file name or time in the gzip header: the same members give the same bytes.
+        with gzip.GzipFile("", "wb", 6, raw, mtime=0) as gz:
             with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tf:
                 for name, data in members:
                     info = tarfile.TarInfo(name)
@@ -194,6 +196,7 @@ def write_parquet(path: str | Path, records: list[dict[str, Any]]) -> None:
     from .fsutil import atomic_path
 
     table = pa.Table.from_pylist(records)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=256)
 
@@ -259,6 +262,8 @@ def _night_records(survey, night, n, rng, sizes) -> tuple[list[dict], np.ndarray
             pix = batch.pixels[j]
             band = str(feats["BAND"].iloc[j])
             mag = float(feats["MAG"].iloc[j])
+            if not np.isfinite(mag):  # artifacts without a measured magnitude: the survey has one
+                mag = float(rng.uniform(19.0, 21.5))
             pos = str(batch.kinds[j]) != "dipole" or rng.random() < 0.5
             if survey == "ztf":
                 rec = ztf_record(
