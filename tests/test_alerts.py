@@ -180,6 +180,10 @@ def _ztf_cutout(data: bytes) -> dict:
             "cutoutDifference: truncated gzip",
         ),
         (
+            lambda r: _with(r, "cutoutScience", _ztf_cutout(gzip_bytes(bytes(17 << 20)))),
+            "cutoutScience: gzip inflates beyond 16 MiB",
+        ),
+        (
             lambda r: _with(r, "cutoutScience", _ztf_cutout(gzip_bytes(b"hello"))),
             "cutoutScience: not a FITS file",
         ),
