@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from .alertschema import CONTAINER_MAGIC, FRAME, SchemaRegistry, unframe_header
+from .avrocontainer import iter_records
 
 #: Names of inputs that hold alert packets (archives are told apart by their suffix).
 ALERT_FILE_RE = re.compile(r"\.(avro|parquet)$", re.IGNORECASE)
@@ -72,7 +73,7 @@ def iter_avro(stream: BinaryIO, where: str, registry: SchemaRegistry | None) -> 
     if head.startswith(CONTAINER_MAGIC):
         n = 0
         try:
-            for rec in fastavro.reader(stream):
+            for rec in iter_records(stream):
                 yield f"{where}#{n}", rec
                 n += 1
         except Exception as exc:  # fastavro (and a damaged archive under it) raise many types

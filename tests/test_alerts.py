@@ -102,6 +102,24 @@ def test_framed_records_read_with_the_schema_files_of_the_tree(tmp_path):
     assert items[1][1]["diaSource"]["diaSourceId"] == rec["diaSourceId"]
 
 
+@pytest.mark.parametrize("codec", ["null", "deflate", "bzip2"])
+def test_containers_of_many_blocks_and_codecs_read_whole(tmp_path, codec):
+    recs = [_ztf(candid=1_000_000_000 + i, pixels=p) for i, p in enumerate(_pixels(5))]
+    buf = io.BytesIO()
+    fastavro.writer(buf, parsed_schema("ztf"), recs, codec=codec, sync_interval=1)  # 5 blocks
+    (tmp_path / "a.avro").write_bytes(buf.getvalue())
+    got = [r for _, r in iter_path(str(tmp_path / "a.avro"))]
+    assert [r["candid"] for r in got] == [r["candid"] for r in recs]
+    assert got[3]["cutoutDifference"] == recs[3]["cutoutDifference"]
+    # A file cut short: the records before the cut, then the reason.
+    data = buf.getvalue()
+    (tmp_path / "b.avro").write_bytes(data[: len(data) * 2 // 3])
+    items = list(iter_path(str(tmp_path / "b.avro")))
+    assert isinstance(items[-1][1], AlertReadError) and 2 <= len(items) <= 5
+    assert "undecodable Avro container from record" in str(items[-1][1])
+    assert all(not isinstance(r, Exception) for _, r in items[:-1])
+
+
 def test_bare_bytes_are_not_alerts(tmp_path):
     for name, data, reason in (
         ("empty.avro", b"", "empty file"),
