@@ -26,6 +26,7 @@ from . import store as zstore
 from .config import ScoreConfig
 from .conventions import CHANNELS, survey_of_season
 from .fsutil import exclusive_all
+from .scorechecks import nights_problem
 from .surveys import alert_score_columns
 
 
@@ -291,7 +292,9 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
-    _check_one_survey(refs, scores_root)
+    problem = nights_problem(refs, scores_root, card, model_path)
+    if problem:
+        raise ScoringError(problem)
     locks = [
         (
             sink.lock_path(scores_root, r.season, r.night),
@@ -397,19 +400,6 @@ def _score_nights(
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     summary.nights.sort(key=lambda n: (n.season, n.night))
     return summary
-
-
-def _check_one_survey(refs: list[zstore.NightRef], scores_root: str | Path) -> None:
-    """A scores root holds the nights of one survey (their parts share one schema)."""
-    new = {survey_of_season(r.season) for r in refs}
-    old = sink.surveys_of(scores_root) if Path(scores_root).is_dir() else set()
-    if len(new | old) > 1:
-        held = f" (it holds {', '.join(sorted(old))} nights)" if old else ""
-        raise ScoringError(
-            f"one scores root holds the nights of one survey: {', '.join(sorted(new | old))} "
-            f"nights under {scores_root}{held}; score each survey into its own root "
-            "(select with --season)"
-        )
 
 
 def _part_stats(part: Path) -> dict[str, int]:

@@ -178,6 +178,8 @@ def test_scores_carry_the_alert_fields_and_one_survey_a_root(client, tmp_path, m
     sim = simulate_alerts(tmp_path / "raw", survey="ztf", nights=1, alerts_per_night=30,
                           fmt="archive", seed=6)  # fmt: skip
     ingest(sim.out, tmp_path / "store", client, config=CFG, progress=False)
+    with pytest.raises(ScoringError, match="takes 51x51 stamps; ZTF2024/20240101 holds 63x63"):
+        score(tmp_path / "store", tmp_path / "scores", client, progress=False)  # the DES model
     r = score(tmp_path / "store", tmp_path / "scores", client, model_path=model63,
               config=ScoreConfig(part_stamps=16, batch_size=16), progress=False)  # fmt: skip
     assert r.n_stamps == 30 and r.n_errors == 0
