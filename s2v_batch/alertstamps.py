@@ -20,7 +20,7 @@ import functools
 import itertools
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -245,13 +245,45 @@ def unit_items(unit: Unit) -> Iterator[Item]:
     return itertools.chain.from_iterable(iter_path(p, reg) for p in unit.alert_files)
 
 
-def read_alert_unit(unit: Unit, size: int) -> UnitData:
+def _columns(survey: Survey, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    out = {}
+    for col in survey.columns:
+        values = [r[col.name] for r in rows]
+        if col.dtype.kind == "U":
+            out[col.name] = np.asarray(values, dtype=str) if values else np.zeros(0, "U1")
+        else:
+            out[col.name] = np.asarray(values, dtype=col.dtype)
+    return out
+
+
+#: Kept fields are turned from dicts into arrays every this many stamps (bounded memory).
+_ROWS_PER_BLOCK = 4096
+
+
+def read_alert_unit(
+    unit: Unit, size: int, emit: Callable[[np.ndarray], None] | None = None
+) -> UnitData:
     """Decode every alert of a unit; quarantine the bad ones with a reason.
 
     A unit dated by its archive's name or its folder takes every alert it holds. A unit dated
     from the data (``unit.date_from_data``) takes the alerts of its survey and night only: its
     files' other alerts belong to other units, and what could not be dated was quarantined by
     the discovery.
+
+    Parameters
+    ----------
+    unit : Unit
+        From the discovery (``unit.survey`` is ``ztf`` or ``rubin``).
+    size : int
+        Stamp edge in pixels.
+    emit : callable, optional
+        Called with each stored stamp's pixels, in order, instead of keeping them: a nightly
+        archive holds hundreds of thousands of alerts (47 kB each at 63x63), so staging writes
+        them to disk as they come. ``UnitData.pixels`` is then empty.
+
+    Returns
+    -------
+    UnitData
     """
     survey = get_survey(unit.survey)
     pix: list[np.ndarray] = []
@@ -259,6 +291,7 @@ def read_alert_unit(unit: Unit, size: int) -> UnitData:
     fracs: list[float] = []
     paths: list[str] = []
     rows: list[dict[str, Any]] = []
+    blocks: list[dict[str, np.ndarray]] = []
     quarantine: list[dict] = []
     n_found = 0
     for where, rec in unit_items(unit):
@@ -280,18 +313,19 @@ def read_alert_unit(unit: Unit, size: int) -> UnitData:
             known = record_id(rec, survey.name) if survey_of_record(rec) == survey.name else None
             quarantine.append({"stamp_id": known, "path": where, "reason": str(exc)})
             continue
-        pix.append(stamp)
+        if emit is None:
+            pix.append(stamp)
+        else:
+            emit(stamp)
         ids.append(sid)
         fracs.append(frac)
         paths.append(where)
         rows.append(fields)
-    meta = {}
-    for col in survey.columns:
-        values = [r[col.name] for r in rows]
-        if col.dtype.kind == "U":
-            meta[col.name] = np.asarray(values, dtype=str) if values else np.zeros(0, "U1")
-        else:
-            meta[col.name] = np.asarray(values, dtype=col.dtype)
+        if len(rows) == _ROWS_PER_BLOCK:
+            blocks.append(_columns(survey, rows))
+            rows = []
+    blocks.append(_columns(survey, rows))
+    meta = {c.name: np.concatenate([b[c.name] for b in blocks]) for c in survey.columns}
     return UnitData(
         pixels=np.stack(pix) if pix else np.zeros((0, size, size, 3), np.float32),
         stamp_id=np.asarray(ids, dtype=np.int64),

@@ -377,3 +377,32 @@ def test_gzip_tar_bytes_are_deterministic(tmp_path):
     with tarfile.open(tmp_path / "a.tar.gz") as tf:
         assert tf.getnames() == ["x.avro"]
     assert gzip.decompress(gzip_bytes(b"abc")) == b"abc"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(0, 7),
+    shape=st.lists(st.integers(1, 9), min_size=0, max_size=3),
+    dtype=st.sampled_from(["<f4", "<i2", "|u1", "<f8"]),
+)
+def test_npy_rows_write_a_valid_npy_of_any_length(tmp_path_factory, n, shape, dtype):
+    from s2v_batch.staging import NpyRows
+
+    path = tmp_path_factory.mktemp("npy") / "x.npy"
+    rows = np.arange(n * int(np.prod(shape, dtype=int)), dtype=dtype).reshape(n, *shape)
+    with NpyRows(path, tuple(shape), dtype) as out:
+        for r in rows:
+            out.append(r)
+    back = np.load(path, mmap_mode="r")
+    assert back.shape == rows.shape and back.dtype == rows.dtype
+    np.testing.assert_array_equal(back, rows)
+
+
+def test_a_unit_can_hand_its_pixels_out_as_they_come(tmp_path):
+    recs = [_ztf(candid=1_000_000_000 + i, pixels=p) for i, p in enumerate(_pixels(3))]
+    arc = _archive(tmp_path / "ztf_public_20240102.tar.gz", recs)
+    unit = Unit("ZTF2024", 20240101, 0, archive=str(arc), survey="ztf")
+    got: list[np.ndarray] = []
+    data = read_alert_unit(unit, 63, emit=got.append)
+    assert len(data.pixels) == 0 and len(got) == 3 == len(data.stamp_id)
+    np.testing.assert_array_equal(np.stack(got), read_alert_unit(unit, 63).pixels)
