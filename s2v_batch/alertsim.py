@@ -218,6 +218,15 @@ class AlertSimulation:
     labels_csv: Path
     seconds: float
 
+    def line(self) -> str:
+        """The one-line summary ``s2v simulate`` prints."""
+        return (
+            f"simulate: {self.n_alerts} SIMULATED {self.survey.upper()}-like alerts "
+            f"({self.n_real} real) in {len(self.nights)} nights as {self.fmt} ({len(self.files)} "
+            f"files) under {self.out}; truth labels in {self.labels_csv}; "
+            f"{self.n_alerts / max(self.seconds, 1e-9):,.0f} alerts/s"
+        )
+
 
 def _night_index(night: int) -> int:
     return (dt.datetime.strptime(str(night), "%Y%m%d").date() - _EPOCH).days

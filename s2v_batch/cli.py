@@ -94,8 +94,13 @@ def _load_config(path: str | None, **overrides: dict[str, object]):
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    if a.survey != "des":
-        return _simulate_alerts(a)
+    if a.survey != "des":  # alert packets: nights of ZTF- or Rubin-like alerts
+        from .alertsim import simulate_alerts
+
+        print(simulate_alerts(a.out, survey=a.survey, nights=a.nights, alerts_per_night=a.stamps_per_night,
+                              fmt=a.format or "archive", seed=a.seed, first_night=a.first_night or 20240101,
+                              progress=not a.no_progress).line())  # fmt: skip
+        return 0
     from .simulator import simulate
 
     s = simulate(
@@ -114,27 +119,6 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         f"simulate: {s.n_stamps} stamps ({s.n_real} real, {s.n_artifact} artifacts) in "
         f"{len(s.nights)} nights of season {s.season} as {s.fmt} under {s.out}; labels in "
         f"{s.labels_csv}; {s.n_stamps / max(s.seconds, 1e-9):,.0f} stamps/s"
-    )
-    return 0
-
-
-def _simulate_alerts(a: argparse.Namespace) -> int:
-    from .alertsim import simulate_alerts
-
-    s = simulate_alerts(
-        a.out,
-        survey=a.survey,
-        nights=a.nights,
-        alerts_per_night=a.stamps_per_night,
-        fmt=a.format or "archive",
-        seed=a.seed,
-        first_night=a.first_night or 20240101,
-        progress=not a.no_progress,
-    )
-    print(
-        f"simulate: {s.n_alerts} SIMULATED {s.survey.upper()}-like alerts ({s.n_real} real) in "
-        f"{len(s.nights)} nights as {s.fmt} ({len(s.files)} files) under {s.out}; truth labels "
-        f"in {s.labels_csv}; {s.n_alerts / max(s.seconds, 1e-9):,.0f} alerts/s"
     )
     return 0
 
@@ -282,19 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, default="Y1", help="season name (default Y1)")
     s.add_argument("--nights", type=_positive_int, default=2, help="number of nights (default 2)")
     s.add_argument("--stamps-per-night", type=_positive_int, default=1000, help="default 1000")
-    s.add_argument(
-        "--survey",
-        choices=["des", "ztf", "rubin"],
-        default="des",
-        help="des: stamp files (default); ztf, rubin: alert packets (Avro, nightly .tar.gz)",
-    )
-    s.add_argument(
-        "--format",
-        choices=["gif", "fits", "tar", "archive", "avro", "framed", "parquet"],
-        default=None,
-        help="des: gif (default), fits, tar; ztf/rubin: archive (default: nightly .tar.gz), "
-        "avro (loose packets), parquet; rubin also framed (Confluent-framed records)",
-    )
+    s.add_argument("--survey", choices=["des", "ztf", "rubin"], default="des",
+                   help="des: stamp files (default); ztf, rubin: alert packets (Avro)")  # fmt: skip
+    s.add_argument("--format", choices=["gif", "fits", "tar", "archive", "avro", "framed", "parquet"],
+                   help="des: gif (default), fits, tar; ztf/rubin: archive (default: nightly "
+                   ".tar.gz), avro, parquet; rubin also framed (Confluent-framed)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument(
         "--size", type=_positive_int, default=51, help="stamp edge in pixels (default 51)"
