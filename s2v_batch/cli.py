@@ -94,6 +94,13 @@ def _load_config(path: str | None, **overrides: dict[str, object]):
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
+    if a.survey != "des":  # alert packets: nights of ZTF- or Rubin-like alerts
+        from .alertsim import simulate_alerts
+
+        print(simulate_alerts(a.out, survey=a.survey, nights=a.nights, alerts_per_night=a.stamps_per_night,
+                              fmt=a.format or "archive", seed=a.seed, first_night=a.first_night or 20240101,
+                              progress=not a.no_progress).line())  # fmt: skip
+        return 0
     from .simulator import simulate
 
     s = simulate(
@@ -101,7 +108,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         season=a.season,
         nights=a.nights,
         stamps_per_night=a.stamps_per_night,
-        fmt=a.format,
+        fmt=a.format or "gif",
         seed=a.seed,
         size=a.size,
         first_night=a.first_night,
@@ -252,12 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"s2v-batch {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("simulate", help="write simulated DES-like stamps in the autoscan layout")
+    s = sub.add_parser(
+        "simulate", help="write simulated DES-like stamps, or ZTF/Rubin-like alert packets"
+    )
     s.add_argument("out", help="output folder (RAW/<season>/<YYYYMMDD>/...)")
     s.add_argument("--season", type=_season, default="Y1", help="season name (default Y1)")
     s.add_argument("--nights", type=_positive_int, default=2, help="number of nights (default 2)")
     s.add_argument("--stamps-per-night", type=_positive_int, default=1000, help="default 1000")
-    s.add_argument("--format", choices=["gif", "fits", "tar"], default="gif", help="default gif")
+    s.add_argument("--survey", choices=["des", "ztf", "rubin"], default="des",
+                   help="des: stamp files (default); ztf, rubin: alert packets (Avro)")  # fmt: skip
+    s.add_argument("--format", choices=["gif", "fits", "tar", "archive", "avro", "framed", "parquet"],
+                   help="des: gif (default), fits, tar; ztf/rubin: archive (default: nightly "
+                   ".tar.gz), avro, parquet; rubin also framed (Confluent-framed)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument(
         "--size", type=_positive_int, default=51, help="stamp edge in pixels (default 51)"

@@ -33,12 +33,17 @@ def _seconds(name: str, value: float) -> None:
 class IngestConfig:
     """How ingest cuts and stores work.
 
-    stamp_size: stamp edge in pixels (51 for DES). unit_stamps: loose stamps per decode task.
+    stamp_size: stamp edge in pixels (51 for DES); ztf_stamp_size, rubin_stamp_size: the alert
+    surveys' (see ``size_for``). unit_stamps: loose stamps (or alert files) per decode task.
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
     lock_wait: seconds to wait for another writer of the same season.
     """
 
     stamp_size: int = STAMP_SIZE
+    #: Stamp edge of ZTF alerts (their cut-outs are 63x63; others are quarantined).
+    ztf_stamp_size: int = 63
+    #: Stamp edge Rubin cut-outs (of varying size) are centre-cropped or padded to.
+    rubin_stamp_size: int = 63
     unit_stamps: int = 2048
     shard_stamps: int = 4096
     chunk_stamps: int = 256
@@ -46,11 +51,24 @@ class IngestConfig:
     lock_wait: float = 3600.0
 
     def __post_init__(self) -> None:
-        for name in ("stamp_size", "unit_stamps", "shard_stamps", "chunk_stamps"):
+        for name in (
+            "stamp_size",
+            "ztf_stamp_size",
+            "rubin_stamp_size",
+            "unit_stamps",
+            "shard_stamps",
+            "chunk_stamps",
+        ):
             _positive(name, getattr(self, name))
         _seconds("lock_wait", self.lock_wait)
         if self.shard_stamps % self.chunk_stamps:
             raise ConfigError("shard_stamps must be a multiple of chunk_stamps")
+
+    def size_for(self, survey: str) -> int:
+        """The stamp edge of a survey's stamps: ``des`` (``stamp_size``), ``ztf``, ``rubin``."""
+        return {"ztf": self.ztf_stamp_size, "rubin": self.rubin_stamp_size}.get(
+            survey, self.stamp_size
+        )
 
 
 @dataclass(frozen=True)

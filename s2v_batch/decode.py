@@ -193,8 +193,9 @@ def _fits_header(data: bytes) -> tuple[dict[str, float], int]:
             raise StampError("not a FITS file (no SIMPLE card)")
 
 
-def decode_fits(data: bytes, size: int) -> np.ndarray:
-    """Decode one FITS channel to a ``(size, size)`` float32 array (masked pixels left as they are).
+def decode_fits(data: bytes, size: int | None) -> np.ndarray:
+    """Decode one FITS channel to a ``(size, size)`` float32 array (masked pixels left as they are;
+    ``size`` None: any 2-D shape, as alert cut-outs of varying size).
 
     The pixel block of a simple primary HDU is read straight past the header (about 20x faster
     than astropy on tiny files); anything else goes through astropy.
@@ -223,7 +224,7 @@ def decode_fits(data: bytes, size: int) -> np.ndarray:
     nbytes = shape[0] * shape[1] * abs(bitpix) // 8
     if offset + nbytes > len(data):
         raise StampError(f"truncated FITS data ({len(data) - offset} of {nbytes} bytes)")
-    if shape != (size, size):
+    if size is not None and shape != (size, size):
         raise StampError(f"shape {shape}, expected {(size, size)}")
     arr = np.frombuffer(data, _FITS_DTYPES[bitpix], shape[0] * shape[1], offset).reshape(shape)
     arr = arr.astype(np.float32)
@@ -233,7 +234,7 @@ def decode_fits(data: bytes, size: int) -> np.ndarray:
     return arr
 
 
-def _decode_fits_astropy(data: bytes, size: int) -> np.ndarray:
+def _decode_fits_astropy(data: bytes, size: int | None) -> np.ndarray:
     from astropy.io import fits
 
     try:
@@ -248,7 +249,7 @@ def _decode_fits_astropy(data: bytes, size: int) -> np.ndarray:
         raise
     except Exception as exc:
         raise StampError(f"corrupt FITS ({type(exc).__name__}: {exc})") from None
-    if arr.shape != (size, size):
+    if size is not None and arr.shape != (size, size):
         raise StampError(f"shape {arr.shape}, expected {(size, size)}")
     return arr
 

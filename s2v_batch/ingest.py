@@ -26,10 +26,12 @@ import numpy as np
 
 from . import store as zstore
 from .config import IngestConfig
+from .conventions import survey_of_season
 from .fsutil import exclusive_all, replace_dir
 from .labels import Labels, read_labels
 from .rawtree import Discovery, discover
 from .staging import assemble_shard, plan_shards, stage_unit
+from .surveys import alert_columns, get_survey
 
 
 class IngestError(ValueError):
@@ -234,7 +236,7 @@ def _ingest_nights(
     todo: list[tuple[str, int]] = []
     fps = {
         k: zstore.night_fingerprint(
-            disc.raw_fingerprints[k], lab.fingerprint if lab else None, cfg.stamp_size
+            disc.raw_fingerprints[k], lab.fingerprint if lab else None, _size(cfg, k[0])
         )
         for k in keys
     }
@@ -261,7 +263,7 @@ def _ingest_nights(
             sdir = zstore.staging_dir(store_root, *k, fps[k])
             sdir.mkdir(parents=True, exist_ok=True)
             for u in disc.units[k]:
-                fut = client.submit(stage_unit, u, str(sdir), cfg.stamp_size, pure=False)
+                fut = client.submit(stage_unit, u, str(sdir), _size(cfg, k[0]), pure=False)
                 futures[fut] = (k, u.index)
             staged[k] = [{}] * len(disc.units[k])
         bar = tqdm(total=len(futures), desc="decode", unit="unit", disable=not progress)
@@ -320,6 +322,8 @@ def _plan_night(
     season, night = key
     quarantine: list[dict[str, Any]] = []
     keep_ids, keep_frac, pieces_all = [], [], []
+    survey = survey_of_season(season)
+    keep_meta: dict[str, list[np.ndarray]] = {c.name: [] for c in get_survey(survey).columns}
     n_found = 0
     dtype = np.uint8
     for meta in units:
@@ -347,19 +351,22 @@ def _plan_night(
             rows_a = np.asarray(rows, dtype=np.int64)
             keep_ids.append(meta["stamp_id"][rows_a])
             keep_frac.append(meta["masked_fraction"][rows_a])
+            for name, parts in keep_meta.items():
+                parts.append(meta.get("meta", {})[name][rows_a])
             pieces_all.append((meta["npy"], rows_a))
             if meta["dtype"] != "uint8":
                 dtype = np.float32
     stamp_id = np.concatenate(keep_ids) if keep_ids else np.zeros(0, np.int64)
     frac = np.concatenate(keep_frac) if keep_frac else np.zeros(0, np.float32)
     label = lab.lookup(stamp_id) if lab is not None else np.full(len(stamp_id), -1, np.int8)
+    extra = alert_columns(get_survey(survey), keep_meta)
     final = zstore.night_path(store_root, season, night)
     partial = zstore.partial_path(final)
     zstore.create_night(
         partial,
         n_stamps=len(stamp_id),
         dtype=dtype,
-        size=cfg.stamp_size,
+        size=_size(cfg, season),
         stamp_id=stamp_id,
         label=label,
         masked_fraction=frac,
@@ -371,7 +378,9 @@ def _plan_night(
             zstore.FINGERPRINT_ATTR: night_fp,
             "source_format": "fits" if dtype == np.float32 else "gif",
             "labelled": lab is not None,
+            "survey": survey,
         },
+        extra=extra,
         shard_stamps=cfg.shard_stamps,
         chunk_stamps=cfg.chunk_stamps,
     )
@@ -387,6 +396,11 @@ def _plan_night(
         n_found=n_found,
         stamp_id=stamp_id,
     )
+
+
+def _size(cfg: IngestConfig, season: str) -> int:
+    """The stamp edge of a season's survey."""
+    return cfg.size_for(survey_of_season(season))
 
 
 def _finish_night(plan: NightAssembly, store_root: Path) -> NightResult:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import sink
 from . import store as zstore
+from .conventions import survey_of_season
 from .ingest import NightResult, ingest
 from .inputs import InputError, RunInputs, resolve_inputs
 from .labels import Labels, read_labels
@@ -152,7 +153,7 @@ def plan(
     for season, night in keys:
         raw_fp = disc.raw_fingerprints[(season, night)]
         night_fp = zstore.night_fingerprint(
-            raw_fp, lab.fingerprint if lab else None, cfg.ingest.stamp_size
+            raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey_of_season(season))
         )
         attrs = zstore.current_night(zstore.night_path(inputs.store, season, night), night_fp)
         scored = attrs is not None and (

@@ -4,6 +4,8 @@ A stamp is three files ``srch<ID>``, ``temp<ID>``, ``diff<ID>`` (``.gif`` or ``.
 folder tree or as members of ``.tar`` archives; season and night are the nearest path components
 that look like them (``<anything>/<season>/<YYYYMMDD>/<anything>``). Discovery walks the tree
 once and cuts each night into units of work, with a fingerprint of each night's raw inputs.
+Alert packets (``.avro``, ``.parquet``, ``.tar.gz`` archives) met on the way are placed by
+:mod:`s2v_batch.alerttree` (their night may come from an archive's name or from the alerts).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import os
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .conventions import CHANNELS, is_night, is_season
@@ -31,6 +33,15 @@ class Unit:
     archive: str | None = None
     #: For loose files: ``(id_text, (srch_path, temp_path, diff_path))``, ``None`` where missing.
     stamps: tuple[tuple[str, tuple[str | None, str | None, str | None]], ...] = ()
+    #: ``des`` (stamp files or a ``.tar``), or ``ztf`` / ``rubin``: alert packets in ``archive``
+    #: (a ``.tar.gz``) or in ``alert_files`` (``.avro`` / ``.parquet``); see ``alerttree``.
+    survey: str = "des"
+    alert_files: tuple[str, ...] = ()
+    #: The files' alerts are sorted into nights by their detection time: this unit takes those
+    #: of its own night only (a file of several nights is in several units).
+    date_from_data: bool = False
+    #: ``.avsc`` files of the raw tree, for framed (schemaless) alert records.
+    schemas: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -91,6 +102,9 @@ def discover(
     archives: dict[tuple[str, int], list[str]] = {}
     hashes: dict[tuple[str, int], hashlib._Hash] = {}
     roots = [(str(raw.parent), [], [raw.name])] if raw.is_file() else os.walk(raw)
+    from .alerttree import AlertInputs
+
+    alert_inputs = AlertInputs()
     for dirpath, dirnames, filenames in roots:
         keep = sorted(d for d in dirnames if not d.startswith("."))
         if nights is not None:
@@ -101,6 +115,8 @@ def discover(
         rel_parts = Path(os.path.relpath(dirpath, raw.parent)).parts
         season, night = place(rel_parts)
         for fname in sorted(filenames):
+            if alert_inputs.take(dirpath, fname, rel_parts):
+                continue
             is_tar = fname.lower().endswith(".tar")
             m = None if is_tar else STAMP_FILE_RE.match(fname)
             if not is_tar and m is None:
@@ -127,7 +143,14 @@ def discover(
                     continue
                 slots[ch] = path
                 disc.n_files += 1
-    for key in sorted(set(groups) | set(archives)):
+    placed = alert_inputs.place(raw, unit_stamps=unit_stamps, nights=nights)
+    disc.unplaced.extend(placed.unplaced)
+    disc.other_nights |= placed.other_nights
+    disc.n_files += placed.n_files
+    disc.n_archives += placed.n_archives
+    for key, lines in placed.lines.items():
+        hashes.setdefault(key, hashlib.sha256()).update("".join(lines).encode())
+    for key in sorted(set(groups) | set(archives) | set(placed.units)):
         units: list[Unit] = []
         for path in archives.get(key, []):
             units.append(Unit(key[0], key[1], len(units), archive=path))
@@ -135,6 +158,8 @@ def discover(
         for i in range(0, len(items), unit_stamps):
             chunk = tuple((idt, tuple(paths)) for (_, idt), paths in items[i : i + unit_stamps])
             units.append(Unit(key[0], key[1], len(units), stamps=chunk))
+        for u in placed.units.get(key, []):
+            units.append(replace(u, index=len(units)))
         disc.units[key] = units
         disc.raw_fingerprints[key] = hashes[key].hexdigest()
     return disc

@@ -24,8 +24,10 @@ import pyarrow as pa
 from . import sink
 from . import store as zstore
 from .config import ScoreConfig
-from .conventions import CHANNELS
+from .conventions import CHANNELS, survey_of_season
 from .fsutil import exclusive_all
+from .scorechecks import nights_problem
+from .surveys import alert_score_columns
 
 
 class ScoringError(ValueError):
@@ -113,6 +115,7 @@ def score_shard(
     import zarr
 
     group = zarr.open_group(night_path, mode="r")
+    survey = group.attrs.get("survey", "des")
     stamp_id = group["stamp_id"][start:stop]
     label = group["label"][start:stop]
     arr = group["stamps"]
@@ -140,9 +143,10 @@ def score_shard(
             "run_id": pa.array([run_id] * n, pa.string()),
             "scored_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
             "error": pa.array(reasons, pa.string()),
+            **alert_score_columns(group, survey, start, stop),
         }
     )
-    sink.write_part(out_part, table)
+    sink.write_part(out_part, table, sink.score_schema(survey))
     return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
 
 
@@ -290,6 +294,9 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    problem = nights_problem(refs, scores_root, card, model_path)
+    if problem:
+        raise ScoringError(problem)
     locks = [
         (
             sink.lock_path(scores_root, r.season, r.night),
@@ -425,6 +432,7 @@ def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightSc
         n_stamps=n,
         n_candidates=n_cand,
         n_errors=n_err,
+        survey=survey_of_season(ref.season),
     )
     dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
     plan.published = True

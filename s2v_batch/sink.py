@@ -45,6 +45,17 @@ SCORE_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+
+def score_schema(survey: str = "des") -> pa.Schema:
+    """The columns of a survey's score parts: :data:`SCORE_SCHEMA`, then for alert surveys the
+    alert fields kept per stamp (nullable; ``surveys.Survey.columns``). A scores root holds the
+    nights of one survey, so its parts share one schema."""
+    from .surveys import get_survey
+
+    return pa.schema([*SCORE_SCHEMA, *get_survey(survey).arrow_fields()])
+
+
 #: Partition columns as users query them (without it pyarrow infers night as int32).
 PARTITIONING_SCHEMA = pa.schema([("season", pa.string()), ("night", pa.int32())])
 MANIFEST = "_manifest.json"
@@ -164,10 +175,11 @@ def part_path(folder: str | Path, index: int) -> Path:
 # --------------------------------------------------------------------------- writing
 
 
-def write_part(path: str | Path, table: pa.Table) -> None:
-    """Write one part atomically (temporary name, then rename)."""
+def write_part(path: str | Path, table: pa.Table, schema: pa.Schema = SCORE_SCHEMA) -> None:
+    """Write one part atomically (temporary name, then rename), cast to ``schema``
+    (:func:`score_schema` of the night's survey)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table.cast(SCORE_SCHEMA), tmp, compression="zstd")
+        pq.write_table(table.cast(schema), tmp, compression="zstd")
 
 
 def part_rows(path: str | Path) -> int | None:
@@ -274,6 +286,11 @@ def current_scores(
     except (TypeError, ValueError):
         return None
     return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
+
+
+def surveys_of(root: str | Path) -> set[str]:
+    """The surveys of the nights published under a scores root (manifests without one: DES)."""
+    return {m.get("survey") or "des" for m in manifests(root)}
 
 
 def newest_model(root: str | Path, season: str | None = None) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,9 @@ class UnitData:
     paths: list[str]
     quarantine: list[dict]
     n_found: int
+    #: Alert fields kept per stamp (``surveys.Survey.columns``), aligned with ``stamp_id``;
+    #: empty for DES stamps.
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _iter_files(unit: Unit) -> Iterator[tuple[str, str, list]]:

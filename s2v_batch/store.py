@@ -10,8 +10,9 @@ Layout (this module is the only one that builds these paths)::
     STORE/quarantine-unplaced.parquet            raw files outside any <season>/<YYYYMMDD> folder
 
 A night dataset holds ``stamps (stamp, y, x, channel)`` (uint8 for gif-derived stamps, float32
-for fits), ``stamp_id``, ``label`` (int8, -1 unknown), ``masked_fraction`` and the coordinate
-``channel``. ``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small
+for fits and alert cut-outs), ``stamp_id``, ``label`` (int8, -1 unknown), ``masked_fraction`` and
+the coordinate ``channel``; a night of alerts also holds the alert fields kept per stamp
+(``surveys.Survey.columns``, listed in the attribute ``alert_columns``) and says its ``survey``. ``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small
 inner chunks, so that writing is fast and one stamp can be read without decompressing a whole
 shard. Its attribute ``night_fingerprint`` says which raw inputs, labels and settings it was made
 from (:func:`night_fingerprint`); a night is *current* when it verifies and that matches.
@@ -45,6 +46,8 @@ FORMAT_VERSION = "1"
 #: ``input_fingerprint`` (still read).
 FINGERPRINT_ATTR = "night_fingerprint"
 _OLD_FINGERPRINT_ATTRS = ("input_fingerprint",)
+#: The attribute naming the alert fields kept per stamp (1-D arrays beside ``stamp_id``).
+ALERT_COLUMNS_ATTR = "alert_columns"
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -218,10 +221,13 @@ def create_night(
     attrs: Mapping[str, Any] | None = None,
     shard_stamps: int = DEFAULT_SHARD_STAMPS,
     chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Create a night dataset: the small arrays written, ``stamps`` allocated and empty.
 
-    Workers then fill ``stamps`` shard by shard with :func:`write_stamps`.
+    Workers then fill ``stamps`` shard by shard with :func:`write_stamps`. ``extra``: more 1-D
+    arrays along ``stamp`` (the alert fields kept per stamp), named in the attribute
+    ``alert_columns``.
     """
     import xarray as xr
     import zarr
@@ -238,6 +244,7 @@ def create_night(
             "stamp_id": (("stamp",), np.asarray(stamp_id, dtype=np.int64)),
             "label": (("stamp",), np.asarray(label, dtype=np.int8)),
             "masked_fraction": (("stamp",), np.asarray(masked_fraction, dtype=np.float32)),
+            **{k: (("stamp",), np.asarray(v)) for k, v in (extra or {}).items()},
         },
         coords={"channel": np.array(CHANNELS, dtype=object)},
         attrs={
@@ -248,6 +255,7 @@ def create_night(
             "channels": list(CHANNELS),
             "label_convention": "1 = real, 0 = artifact, -1 = unknown",
             "s2v_batch_version": __version__,
+            **({ALERT_COLUMNS_ATTR: list(extra)} if extra else {}),
             **(attrs or {}),
         },
     )
@@ -376,7 +384,7 @@ def verify_night(path: str | Path) -> dict[str, Any] | None:
         n = int(attrs["n_stamps"])
         if group["stamps"].shape[0] != n:
             return None
-        for name in ("stamp_id", "label", "masked_fraction"):
+        for name in ("stamp_id", "label", "masked_fraction", *attrs.get(ALERT_COLUMNS_ATTR, ())):
             if group[name].shape != (n,):
                 return None
     except Exception:
@@ -415,6 +423,7 @@ def write_night(
     attrs: Mapping[str, Any] | None = None,
     shard_stamps: int = DEFAULT_SHARD_STAMPS,
     chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a whole night dataset from in-memory arrays (atomically: temporary name, rename).
 
@@ -440,6 +449,7 @@ def write_night(
         attrs={"n_quarantined": 0, **(attrs or {})},
         shard_stamps=shard_stamps,
         chunk_stamps=chunk_stamps,
+        extra=extra,
     )
     if n:
         stamps_array(tmp, mode="r+")[:] = stamps
