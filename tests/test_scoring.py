@@ -122,24 +122,30 @@ def _assert_same(a: Path, b: Path) -> None:
     da_, db_ = _night(a), _night(b)
     np.testing.assert_array_equal(da_.stamp_id.to_numpy(), db_.stamp_id.to_numpy())
     np.testing.assert_allclose(da_.score.to_numpy(), db_.score.to_numpy(), atol=1e-6)
-    assert not list((a / "_staging").rglob("*.parquet")) if (a / "_staging").exists() else True
+    assert _staged_parts(a) == {}  # nothing left in staging
 
 
 N_PARTS = -(-N_STAMPS // SHARD)
 
 
+def _staging_dirs(out: Path) -> list[Path]:
+    """The staging folders of unpublished nights (the one place that knows their layout):
+    ``SCORES/_staging/season=<S>/night=<N>/<key>/``, holding ``part-*.parquet`` (each written
+    through a rename, so a part that exists is whole) and the run's identity."""
+    return sorted(p for p in (out / "_staging").glob("season=*/night=*/*") if p.is_dir())
+
+
 def _staged_parts(out: Path) -> dict[str, tuple[int, int]]:
-    """Finished parts of unpublished nights: ``{name: (inode, mtime)}``. Layout:
-    ``SCORES/_staging/season=<S>/night=<N>/<key>/part-*.parquet`` (written through a rename, so a
-    part that exists is whole)."""
-    out_ = {}
-    for p in (out / "_staging").glob("season=*/night=*/*/part-*.parquet"):
-        try:
-            st_ = p.stat()
-        except FileNotFoundError:  # published meanwhile
-            continue
-        out_[p.name] = (st_.st_ino, st_.st_mtime_ns)
-    return out_
+    """Finished parts of unpublished nights: ``{name: (inode, mtime)}``."""
+    found = {}
+    for d in _staging_dirs(out):
+        for p in d.glob("part-*.parquet"):
+            try:
+                st_ = p.stat()
+            except FileNotFoundError:  # published meanwhile
+                continue
+            found[p.name] = (st_.st_ino, st_.st_mtime_ns)
+    return found
 
 
 def _published_parts(out: Path, season: str, night: int) -> dict[str, tuple[int, int]]:
@@ -351,7 +357,7 @@ def test_replace_dir_without_an_atomic_exchange(monkeypatch, client, stored, mod
     assert len(df) == N_STAMPS and set(df.model_version) == {"test-b-1"}
     season_dir = sink.night_dir(out, "Y1", 20130901).parent
     assert [p.name for p in season_dir.iterdir()] == ["night=20130901"]  # no old copy left
-    assert not list((out / "_staging").rglob("*.parquet"))
+    assert _staged_parts(out) == {}
 
 
 def test_nonfinite_pixels_get_error_entries(client, models, tmp_path):
@@ -423,7 +429,8 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     staged = _staged_parts(out)
     assert 3 <= len(staged) < N_PARTS
     assert not sink.night_dir(out, "Y1", 20130901).exists()
-    run_id = json.loads(next((out / "_staging").rglob("_run.json")).read_text())["run_id"]
+    (stage,) = _staging_dirs(out)
+    run_id = json.loads((stage / "_run.json").read_text())["run_id"]
     again = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"score: {N_STAMPS} stamps" in again.stdout
