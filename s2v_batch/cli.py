@@ -74,6 +74,13 @@ def _add_lock_wait(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _must_exist(path: str, what: str) -> None:
+    """Refuse a missing input before a cluster or a flow starts: their start-up and shutdown
+    write to stderr, and the error must stay one line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
 def _load_config(path: str | None, **overrides: dict[str, object]):
     """The pipeline config of ``--config``, with the command line's settings (not None) on top."""
     import dataclasses
@@ -124,6 +131,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_ingest(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from .cluster import open_client
     from .ingest import IngestError, ingest
 
@@ -145,7 +153,6 @@ def cmd_ingest(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .store import StoreError, list_nights
-    from .train import train
 
     cfg = TrainConfig(
         arch=a.arch,
@@ -161,6 +168,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     stores = [r.path for s in a.store for r in list_nights(s, a.season)]
     if not stores:
         raise StoreError(f"no stored nights under {', '.join(a.store)}")
+    from .train import train  # after the checks: TensorFlow's import writes to stderr
+
     command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
     r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress)
@@ -169,6 +178,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
+    _must_exist(a.store, "store")
     from .cluster import open_client
     from .scoring import score
 
@@ -204,6 +214,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_nightly(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from s2v_flows.nightly import nightly_flow
 
     out = nightly_flow(
@@ -216,6 +227,7 @@ def cmd_nightly(a: argparse.Namespace) -> int:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from s2v_flows.backfill import backfill_flow
 
     out = backfill_flow(
@@ -245,9 +257,35 @@ def cmd_demo(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's error convention: one line ``s2v <command>: error: ...``, exit 2.
+
+    argparse's own ``error()`` prints the usage block first; ``--help`` still shows it. Sub-command
+    parsers inherit this class (``add_subparsers`` uses the parent's class), so their ``prog`` is
+    ``s2v <command>``.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        self._fail(self.prog, message)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # Unknown options are found by the top-level parser: name the command they were given to.
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(ns, "command", None)
+            self._fail(
+                f"{self.prog} {command}" if command else self.prog,
+                f"unrecognized arguments: {' '.join(extra)}",
+            )
+        return ns
+
+    def _fail(self, prog: str, message: str):
+        self.exit(2, f"{prog}: error: {message} (see {prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``s2v`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="s2v",
         description="s2v-batch: score every transient detection of a survey with a CNN. "
         "Raw stamps (gif/fits files, tar archives) -> Zarr -> CNN scores in Parquet -> reports.",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -117,6 +119,71 @@ def test_nightly_end_to_end_then_nothing_again(
     )
     assert third["steps"]["ingest"] == "skipped" and third["steps"]["score"] == "scored"
     assert len(pd.read_parquet(roots["out"])) == STAMPS
+
+
+def _tree_identity(path: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (inode, mtime)}`` of every file and folder under ``path``: it changes
+    when the tree is written again, whether in place or swapped in."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in [path, *sorted(path.rglob("*"))]
+    }
+
+
+def test_nightly_redoes_a_night_whose_raw_files_changed(
+    prefect_harness, raw, address, make_test_model, tmp_path
+):
+    """Touching, adding or replacing a raw file of a finished night: the next nightly run
+    ingests and scores that night again; without a change it rewrites nothing."""
+    from s2v_batch import sink
+    from s2v_batch import store as zstore
+    from s2v_batch.decode import decode_gif
+    from s2v_flows.nightly import nightly_flow
+
+    root = tmp_path / "raw"
+    shutil.copytree(raw["root"], root)
+    night = raw["y2"]  # the Y2 gif night
+    roots = _roots(tmp_path)
+    kw = dict(raw=str(root), night=night, model=str(make_test_model("flows-a", "1", 1)))
+    stored = zstore.night_path(roots["store"], "Y2", night)
+    nightly_flow(**kw, cluster=address, **roots)
+    files = sorted((root / "Y2" / str(night)).rglob("*.gif"))
+    srch = [p for p in files if p.name.startswith("srch")]
+
+    def again() -> dict:
+        tree, run_id = _tree_identity(stored), sink.read_manifest(roots["out"], "Y2", night)
+        out = nightly_flow(**kw, cluster=address, **roots)
+        out["rewritten"] = _tree_identity(stored) != tree
+        out["rescored"] = (
+            sink.read_manifest(roots["out"], "Y2", night)["run_id"] != run_id["run_id"]
+        )
+        return out
+
+    out = again()
+    assert not out["rewritten"] and not out["rescored"]
+
+    st_ = files[4].stat()  # touched: same bytes, a new modification time
+    os.utime(files[4], ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    assert out["rewritten"] and out["rescored"]
+
+    sid = srch[2].name[4:-4]  # added: a new stamp, a copy of another under a new ID
+    for ch in ("srch", "temp", "diff"):
+        shutil.copy(srch[2].with_name(f"{ch}{sid}.gif"), srch[2].with_name(f"{ch}96000001.gif"))
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    assert out["ingest"]["n_stored"] == STAMPS + 1 and out["score"]["n_stamps"] == STAMPS + 1
+    assert 96000001 in set(pd.read_parquet(roots["out"], filters=[("season", "==", "Y2")]).stamp_id)
+
+    a, b = srch[0].name[4:-4], srch[1].name[4:-4]  # replaced: a's diff now holds b's
+    donor = srch[1].with_name(f"diff{b}.gif")
+    srch[0].with_name(f"diff{a}.gif").write_bytes(donor.read_bytes())
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    ds = zstore.open_night(stored)
+    i = ds.stamp_id.values.tolist().index(int(a))
+    np.testing.assert_array_equal(ds.stamps.values[i, :, :, 2], decode_gif(donor.read_bytes(), 51))
 
 
 def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
@@ -366,8 +433,12 @@ def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
     accepted = nightly_flow.parameters.properties
     assert set(params) <= set(accepted)
     assert set(nightly_flow.parameters.required or []) <= set(params)
+    # The deployment's config file is read as written (not defaults).
     cfg = PipelineConfig.from_yaml(REPO / params["config"])
-    assert cfg.report.seconds_per_stamp > 0
+    written = yaml.safe_load((REPO / params["config"]).read_text())
+    for section, values in written.items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (section, key)
 
 
 def test_serve_builds_a_scheduled_deployment(prefect_harness):

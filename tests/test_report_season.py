@@ -50,7 +50,7 @@ def season(tmp_path_factory: pytest.TempPathFactory, dask_client) -> dict[str, A
             batch.masked.reshape(PER_NIGHT, -1).mean(axis=1).astype(np.float32),
             season=SEASON,
             night=night,
-            attrs={"input_fingerprint": f"sim-{night}"},
+            attrs={"night_fingerprint": f"sim-{night}"},
         )
     cfg = ScoreConfig(batch_size=128, part_stamps=PER_NIGHT)
     score(store_root, scores, dask_client, config=cfg, progress=False)

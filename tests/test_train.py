@@ -199,9 +199,15 @@ def test_nonfinite_stamps_get_zero_weight(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- train()
 
 
+def _no_constant(token: str) -> None:
+    raise AssertionError(f"non-standard JSON constant {token}")
+
+
 def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) -> None:
     r = trained
     assert r.model_path.name == "unit-3.keras" and r.card_path.is_file()
+    # Strict JSON: json.loads alone accepts NaN and Infinity, which other readers refuse.
+    json.loads(r.card_path.read_text(), parse_constant=_no_constant)
     model, card = M.load_artifact(r.model_path)
     assert card == r.card
     assert card.architecture == "vgg6" and card.target_recall == 0.99
@@ -221,7 +227,6 @@ def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) 
     assert card.test_metrics["n_labelled"] == counts[2]
     assert set(card.test_metrics["by_stored_dtype"]) == {"gif (uint8)", "fits (float32)"}
     assert 1 <= r.best_epoch <= r.epochs_run <= 2
-    json.loads(r.card_path.read_text())  # strict JSON (no NaN)
     assert "threshold" in r.line()
 
 
