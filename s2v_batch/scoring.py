@@ -366,8 +366,11 @@ def _score_nights(
         stage.mkdir(parents=True, exist_ok=True)
         plan = NightScoring(ref, stage, night_fp, n_stamps, sink.run_identity(stage))
         plans[(ref.season, ref.night)] = plan
-        for i, sl in enumerate(zstore.shard_slices(n_stamps, cfg.part_stamps)):
-            part = sink.part_path(stage, i)
+        # An empty night (every stamp quarantined) still publishes one part, of no rows: its
+        # scores exist, and readers and reports see the night.
+        slices = zstore.shard_slices(n_stamps, cfg.part_stamps) or [slice(0, 0)]
+        for i, sl in enumerate(slices):
+            part = sink.part_path(stage, i, plan.run["run_id"])
             if sink.part_rows(part) == sl.stop - sl.start:
                 plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
                 continue

@@ -167,9 +167,14 @@ def lock_path(root: str | Path, season: str, night: int) -> Path:
     return Path(root) / _STAGING / f"season={season}" / f"night={int(night)}.lock"
 
 
-def part_path(folder: str | Path, index: int) -> Path:
-    """Deterministic name of the part holding scoring task ``index``."""
-    return Path(folder) / f"part-{index:05d}.parquet"
+def part_path(folder: str | Path, index: int, run_id: str) -> Path:
+    """Name of the part holding scoring task ``index`` of run ``run_id``.
+
+    Deterministic within a run (a resumed run finds its parts), unique across runs: a reader
+    whose listing of a night went stale while the night was re-scored then fails to open the
+    old names, instead of reading the new run's rows under them and mixing two runs.
+    """
+    return Path(folder) / f"part-{run_id[:12]}-{index:05d}.parquet"
 
 
 # --------------------------------------------------------------------------- writing

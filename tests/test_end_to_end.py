@@ -160,13 +160,6 @@ def test_edge_sizes_report(run):
             assert rep["n_candidates"] == int(df.is_candidate.sum()), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a night where every stamp was quarantined is scored as a manifest without a Parquet "
-    "part, and report.write_reports only sees part files: the night is missing from its season's "
-    "report, and a season with only such nights raises ReportError (so the nightly flow fails "
-    "at its report step on such a night)",
-)
 def test_a_night_of_zero_stamps_is_reported(run, tmp_path):
     season, night = NIGHTS["none"][:2]
     write_reports(run["scores"], tmp_path, season=season)

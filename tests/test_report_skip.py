@@ -22,7 +22,7 @@ def publish(root: Path, night: int, seed: int, season: str = "Y2") -> str:
     rows = make_night(np.random.default_rng(seed), 300, threshold=0.06, labelled=1.0)
     run_id = uuid.uuid4().hex
     stage = sink.staging_dir(root, season, night, "k")
-    write_part(sink.part_path(stage, 0), rows)
+    write_part(sink.part_path(stage, 0, run_id), rows)
     manifest = {"run_id": run_id, "model_sha256": SHA, "n_stamps": 300, "season": season}
     sink.publish_night(stage, root, season, night, manifest)
     return run_id

@@ -265,14 +265,6 @@ class _Reader(threading.Thread):
         self.join(timeout=60)
 
 
-MIX = (
-    "sink reuses part names across runs: a reader that listed a night's files before the swap "
-    "opens the new run's files under the same names for the rest (measured on this machine: 22 "
-    "of 211 pd.read_parquet reads mixed two runs during 40 publishes); unique part names per "
-    "run would turn such a read into FileNotFoundError instead of a silent mix"
-)
-
-
 def test_readers_never_see_a_mix_while_a_night_is_rescored(client, stored, models, tmp_path):
     """A pandas reader looping while the night is re-scored twice (new model, then the first
     again) gets every stamp once in every read, and each read holds one run's rows."""
@@ -290,11 +282,9 @@ def test_readers_never_see_a_mix_while_a_night_is_rescored(client, stored, model
     runs = [r for *_, r in reader.reads]
     assert len(frozenset().union(*runs)) == 3  # the reads spanned both swaps
     mixed = [r for r in runs if len(r) > 1]
-    if mixed:  # the known gap, held strictly by the test below
-        pytest.xfail(f"{len(mixed)} of {len(runs)} reads mixed two runs: {MIX}")
+    assert not mixed, f"{len(mixed)} of {len(runs)} reads mixed two runs"
 
 
-@pytest.mark.xfail(strict=True, reason=MIX)
 def test_a_listing_taken_before_a_swap_never_reads_a_mix(client, stored, models, tmp_path):
     """What a reader does inside pd.read_parquet, made deterministic: list the night's files,
     read half, the night is re-scored, read the rest. It must get one run's rows, or fail
