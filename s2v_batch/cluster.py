@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .faults import ClusterUnavailableError, classify
+
 KINDS = ("local", "cuda", "slurm", "address")
 #: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
 ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ucxx|ws|wss|inproc)://")
@@ -194,12 +196,34 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     if not isinstance(spec, ClusterSpec):
         spec = load_spec(spec)
     if spec.kind == "address":
-        with Client(spec.options["address"]) as client:
+        address = spec.options["address"]
+        try:
+            client = Client(address)
+        except OSError as exc:  # refused, timed out, unknown host
+            raise ClusterUnavailableError(address, _first_line(exc), lost=False) from exc
+        with client, _scheduler_loss(address):
             yield client
         return
     cluster = make_cluster(spec)
     try:
-        with Client(cluster) as client:
+        with Client(cluster) as client, _scheduler_loss(cluster.scheduler_address):
             yield client
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _scheduler_loss(address: str) -> Iterator[None]:
+    """Say which scheduler was lost when the work in the block fails because it went away."""
+    try:
+        yield
+    except Exception as exc:
+        if classify(exc).kind == "scheduler-lost" and not isinstance(exc, ClusterUnavailableError):
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            raise ClusterUnavailableError(address, reason, lost=True) from exc
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
