@@ -116,7 +116,10 @@ def backfill_flow(
                 try:
                     done.append(fut.result().as_dict())
                 except Exception as exc:  # one night's failure must not stop the others
-                    logger.error(f"night {n.season}/{n.night} failed: {pipeline.error_text(exc)}")
+                    logger.error(
+                        f"night {n.season}/{n.night} failed: {pipeline.error_text(exc)}",
+                        exc_info=exc,
+                    )
                     failed.append(pipeline.failure(n.season, n.night, exc))
     reports_done: dict[str, dict[str, Any]] = {}
     for season in sorted({d["season"] for d in done} | {n.season for n in plan.complete}):

@@ -112,6 +112,7 @@ def run_log(
         root.addHandler(handler)
         root.setLevel(min(root.level or logging.WARNING, logging.INFO))
         logging.getLogger("s2v").setLevel(logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per Prefect API call
     logging.captureWarnings(True)
     raise_exc, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk says once
     for name in preload:

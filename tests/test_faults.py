@@ -492,6 +492,21 @@ def test_a_folder_vanishing_mid_ingest(data, cluster, tmp_path, logs, what):
     same_store(store, data.store)
 
 
+def test_a_night_whose_quarantine_table_does_not_match_is_not_done(data, cluster, tmp_path):
+    """A run stopped between publishing a night and its quarantine table is redone."""
+    from distributed import Client
+
+    store = tmp_path / "store"
+    shutil.copytree(data.store, store)
+    zstore.write_quarantine(zstore.quarantine_path(store, "Y1", data.night), [
+        {"stamp_id": 1, "season": "Y1", "night": data.night, "path": "x", "reason": "stale"}
+    ])  # fmt: skip
+    with Client(cluster.address) as client:
+        s = ingest(data.raw, store, client, config=INGEST, progress=False)
+    assert [n.status for n in s.nights] == ["ingested"]
+    same_store(store, data.store)
+
+
 # --------------------------------------------------------------------------- Dask
 
 
@@ -619,6 +634,21 @@ def test_nightly_fails_at_once_on_a_full_disk_then_completes(
         assert r.returncode == 0, r.stderr
         same_store(t / "store", data.store)
         same_scores(t / "scores", data.scores)
+
+
+@pytest.mark.slow
+def test_backfill_exits_with_the_fault_of_its_nights(
+    data, cluster, prefect_harness, tmp_path, logs
+):
+    from prefect.settings import PREFECT_API_URL
+
+    with tmpfs(tmp_path / "t", "6m") as t:
+        r = s2v("backfill", "--raw", data.raw, "--store", t / "store", "--out", t / "scores",
+                "--reports", t / "reports", "--config", data.cfg, "--cluster", cluster.address,
+                logs=logs, env={"PREFECT_API_URL": PREFECT_API_URL.value()})  # fmt: skip
+        line, _ = one_error_line(r, "backfill", 74, f"Y1/{data.night}: not enough space on")
+        assert "1 failed" in r.stdout
+        only_complete_nights(t / "store", t / "scores")
 
 
 def test_flow_tasks_retry_through_the_library_classification(prefect_harness, tmp_path):
