@@ -11,6 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
+
+    from .faults import Fault
+    from .runlog import RunLog
 
 EXAMPLES = """\
 examples:
@@ -475,7 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _report(args: argparse.Namespace, exc: BaseException, rl, fault, log) -> int:
+def _report(
+    args: argparse.Namespace, exc: BaseException, rl: RunLog, fault: Fault, log: logging.Logger
+) -> int:
     """Print the one error line of a failed command (the traceback only with --debug)."""
     import traceback
 
