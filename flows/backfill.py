@@ -116,18 +116,18 @@ def backfill_flow(
                 try:
                     done.append(fut.result().as_dict())
                 except Exception as exc:  # one night's failure must not stop the others
-                    failed.append({"season": n.season, "night": n.night,
-                                   "error": pipeline.error_text(exc)})  # fmt: skip
-                    logger.error(f"night {n.season}/{n.night} failed: {failed[-1]['error']}")
+                    logger.error(
+                        f"night {n.season}/{n.night} failed: {pipeline.error_text(exc)}",
+                        exc_info=exc,
+                    )
+                    failed.append(pipeline.failure(n.season, n.night, exc))
     reports_done: dict[str, dict[str, Any]] = {}
     for season in sorted({d["season"] for d in done} | {n.season for n in plan.complete}):
         state = report_season(inputs, season, return_state=True)
         try:
             reports_done[season] = state.result()
         except Exception as exc:
-            failed.append(
-                {"season": season, "night": None, "error": f"report: {pipeline.error_text(exc)}"}
-            )
+            failed.append(pipeline.failure(season, None, exc, step="report"))
     summary = pipeline.backfill_summary(
         inputs, plan, done, failed, reports_done, time.perf_counter() - t0
     )

@@ -1,6 +1,8 @@
 """The ``s2v`` command: simulate, ingest, train, score, report, and the Prefect flows (nightly, backfill, demo).
 
-Library errors (bad arguments, bad input as a whole) print one clear line and exit with status 2.
+Errors print one line, ``s2v <command>: error: ...``, and exit with a documented status (see
+``EXAMPLES`` and :mod:`s2v_batch.faults`); the details and the traceback go to the run's log file
+(:mod:`s2v_batch.runlog`), which the line names. ``s2v --debug <command>`` shows them as well.
 """
 
 from __future__ import annotations
@@ -9,6 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
+
+    from .faults import Fault
+    from .runlog import RunLog
 
 EXAMPLES = """\
 examples:
@@ -19,9 +28,20 @@ examples:
   s2v report scores --out reports
   s2v nightly --raw raw --night 20130901 --store store --out scores --reports reports
 
-exit status: 0 done; 2 bad input or arguments (one line says which); 75 another process is
-writing the same season or night and did not finish within the wait (run again later);
-130 interrupted (run the same command again to resume).
+exit status (an error is one line naming the path or service and what to do; details and the
+traceback go to a log file the line names, under $S2V_LOG_DIR or ~/.cache/s2v-batch/logs):
+  0    done
+  1    unexpected error (a bug: the log file holds the traceback)
+  2    bad input or arguments (the line says which)
+  69   the Dask scheduler cannot be reached or was lost, or workers keep dying (KilledWorker)
+  74   I/O: disk full or quota exceeded (ingest and score check free space first), read-only
+       filesystem, a store or raw folder that vanished mid-run
+  75   busy: another process is writing the same season or night (named, also when its
+       recorded holder is gone) and did not finish within --lock-wait
+  77   permission denied
+  130  interrupted
+After any of 69, 74, 75, 77 and 130, fix the cause and run the same command again: finished
+nights and staged work are kept and reused, and nothing half-written is ever published.
 """
 
 
@@ -236,7 +256,22 @@ def cmd_backfill(a: argparse.Namespace) -> int:
         max_concurrency=a.max_concurrency, config=a.config,
     )  # fmt: skip
     print(out["line"])
-    return 1 if out["failed"] else 0
+    return _backfill_status(out["failed"], a.run_log.where())
+
+
+def _backfill_status(failed: list[dict], where_log: str) -> int:
+    """0 when every night is done; a fault of the environment's status (one error line on
+    stderr, naming it); else 1 (the summary line says which nights failed and why)."""
+    from .faults import EXIT_ERROR, EXIT_USAGE
+
+    env = [f for f in failed if f.get("status", EXIT_ERROR) not in (EXIT_ERROR, EXIT_USAGE)]
+    if env:
+        first = env[0]
+        where = f"{first['season'] or '*'}/{first['night'] or '*'}"
+        more = f" (and {len(env) - 1} more night(s))" if len(env) > 1 else ""
+        print(f"s2v backfill: error: {where}{more}: {first['error']}; {where_log}", file=sys.stderr)
+        return int(first["status"])
+    return EXIT_ERROR if failed else 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -295,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"s2v-batch {__version__}")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the traceback and every log line on the terminal as well",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser(
@@ -454,9 +494,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Modules a command imports anyway, imported before the run log takes over the terminal so that
+#: the log handlers they set up on import write to the log file (distributed's worker errors,
+#: Prefect's flow-run logs), not to the terminal.
+_PRELOAD = {
+    "ingest": ("distributed",),
+    "score": ("distributed",),
+    "nightly": ("distributed", "prefect"),
+    "backfill": ("distributed", "prefect"),
+    "demo": ("distributed", "prefect"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``s2v`` command."""
-    from .fsutil import StoreBusyError
+    import logging
+
+    from . import faults
+    from .runlog import run_log
 
     # Quiet start-up chatter in this process and the workers it spawns: progress bars and the
     # summary line are the output. Must be set before TensorFlow or distributed are imported.
@@ -464,17 +519,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = build_parser().parse_args(argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
-    try:
-        return fn(args)
-    except KeyboardInterrupt:
-        print("s2v: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"s2v {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except StoreBusyError as exc:  # transient: EX_TEMPFAIL tells a wrapper to try again later
-        print(f"s2v {args.command}: busy: {exc}", file=sys.stderr)
-        return 75
+    words = list(sys.argv[1:] if argv is None else argv)
+    with run_log(args.command, divert=not args.debug, preload=_PRELOAD.get(args.command, ())) as rl:
+        args.run_log = rl
+        log = logging.getLogger("s2v")
+        log.info("s2v %s (pid %d)", " ".join(words), os.getpid())
+        try:
+            status = fn(args)
+            log.info("exit status %d", status)
+            return status
+        except Exception as exc:
+            status = _report(args, exc, rl, faults.classify(exc), log)
+        except KeyboardInterrupt:
+            log.info("interrupted", exc_info=True)
+            print("s2v: interrupted; re-run the same command to resume", file=sys.stderr)
+            return faults.EXIT_INTERRUPTED
+    return status
+
+
+def _report(
+    args: argparse.Namespace, exc: BaseException, rl: RunLog, fault: Fault, log: logging.Logger
+) -> int:
+    """Print the one error line of a failed command (the traceback only with --debug)."""
+    import traceback
+
+    from . import faults
+
+    log.error("%s: %s (exit status %d)", fault.kind, fault.message, fault.status, exc_info=exc)
+    if args.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if fault.kind == "busy":  # transient: EX_TEMPFAIL tells a wrapper to try again later
+        print(f"s2v {args.command}: busy: {fault.message}", file=sys.stderr)
+    elif fault.status == faults.EXIT_USAGE:
+        print(f"s2v {args.command}: error: {fault.message}", file=sys.stderr)
+    else:
+        print(f"s2v {args.command}: error: {fault.message}; {rl.where()}", file=sys.stderr)
+    return fault.status
 
 
 if __name__ == "__main__":

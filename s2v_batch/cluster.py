@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from . import resources
+from .faults import ClusterUnavailableError, classify
 
 KINDS = ("local", "cuda", "slurm", "address")
 #: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
@@ -286,6 +287,15 @@ def _connect(spec: ClusterSpec) -> Any:
         # side does not trust); TypeError/ValueError: TLS settings that cannot be used.
         reason = " ".join(str(exc).split()) or type(exc).__name__
         reason = re.sub(r"^in <[^>]*>: ", "", reason)  # distributed's "in <TLS (closed) ...>: "
+        answered = (
+            isinstance(exc, TypeError | ValueError)
+            or "SSL" in reason
+            or "certificate" in reason.lower()
+            or "reset by peer" in reason
+        )
+        if not answered:  # nothing listens there, or the network does not reach it: transient
+            raise ClusterUnavailableError(address, reason, lost=False) from exc
+        # Something answered but refused us: the spec's security does not fit (bad input).
         hint = (
             "check the spec's ca_file, cert and key"
             if address.startswith("tls://")
@@ -318,12 +328,13 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     if not isinstance(spec, ClusterSpec):
         spec = load_spec(spec)
     if spec.kind == "address":
-        with _connect(spec) as client:
+        client = _connect(spec)
+        with client, _scheduler_loss(spec.options["address"]):
             yield client
         return
     cluster = make_cluster(spec)
     try:
-        with Client(cluster) as client:
+        with Client(cluster) as client, _scheduler_loss(cluster.scheduler_address):
             yield client
     finally:
         try:
@@ -332,3 +343,20 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
             # The work is done; a worker slow to exit on a loaded machine (its nanny kills it
             # after a few seconds) must not turn a finished run into a failed one.
             logging.getLogger(__name__).warning("the Dask cluster was slow to close: %s", exc)
+
+
+@contextlib.contextmanager
+def _scheduler_loss(address: str) -> Iterator[None]:
+    """Say which scheduler was lost when the work in the block fails because it went away."""
+    try:
+        yield
+    except Exception as exc:
+        if classify(exc).kind == "scheduler-lost" and not isinstance(exc, ClusterUnavailableError):
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            raise ClusterUnavailableError(address, reason, lost=True) from exc
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -226,6 +226,12 @@ def decode_fits(data: bytes, size: int | None) -> np.ndarray:
         raise StampError(f"truncated FITS data ({len(data) - offset} of {nbytes} bytes)")
     if size is not None and shape != (size, size):
         raise StampError(f"shape {shape}, expected {(size, size)}")
+    end = offset + -(-nbytes // 2880) * 2880  # the data block, padded to whole FITS blocks
+    if len(data) > end and data[end : end + 8] != b"XTENSION":
+        raise StampError(
+            f"size does not match the FITS header: {len(data) - end} bytes of trailing data "
+            f"after the image (file is {len(data)} bytes, its header says {end})"
+        )
     arr = np.frombuffer(data, _FITS_DTYPES[bitpix], shape[0] * shape[1], offset).reshape(shape)
     arr = arr.astype(np.float32)
     bscale, bzero = cards.get("BSCALE", 1.0), cards.get("BZERO", 0.0)
@@ -252,6 +258,22 @@ def _decode_fits_astropy(data: bytes, size: int | None) -> np.ndarray:
     if size is not None and arr.shape != (size, size):
         raise StampError(f"shape {arr.shape}, expected {(size, size)}")
     return arr
+
+
+def max_channel_bytes(name: str, size: int) -> int:
+    """The largest a channel file of a ``size`` x ``size`` stamp can be, by its format (generous).
+
+    A larger file (a stamp followed by junk, a gigantic tar member) is quarantined without being
+    read: memory per worker stays flat whatever the input files' sizes.
+
+    - GIF: a 13-byte screen descriptor, two 768-byte palettes, extension blocks (comments), and
+      LZW data of at most 12 bits a pixel in 255-byte sub-blocks: ``64 KiB + 2 * size**2``.
+    - FITS: up to 72 header blocks of 2880 bytes, pixels of up to 8 bytes (BITPIX -64) padded to
+      2880 bytes, twice over (room for one extension HDU): ``2 * (72 * 2880 + 8 * size**2 + 2880)``.
+    """
+    if name.lower().endswith(".gif"):
+        return 64 * 1024 + 2 * size * size
+    return 2 * (72 * 2880 + 8 * size * size + 2880)
 
 
 def decode_channel(name: str, data: bytes, size: int) -> np.ndarray:

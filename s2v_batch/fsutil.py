@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import sys
@@ -78,13 +79,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     pathlib.Path
         The temporary sibling to write (see :func:`tmp_name`).
     """
+    from .faults import writing
+
     path = Path(path)
     tmp = tmp_name(path)
     try:
-        yield tmp
+        with writing(path):  # a full disk's error names the file (pyarrow and zarr name none)
+            yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only or vanished folder there is none
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -156,7 +161,7 @@ def exclusive(
                     if time.monotonic() >= deadline:
                         raise StoreBusyError(
                             f"{what} is being written by another process ({holder}); "
-                            "run again when it has finished"
+                            + _holder_advice(holder, path)
                         ) from None
                     if log is not None and pause == 0.05:
                         log(f"waiting for {what}: written by another process ({holder})")
@@ -164,11 +169,39 @@ def exclusive(
                     pause = min(pause * 2, 2.0)
             stamp = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
             note = f"host {socket.gethostname()} pid {os.getpid()} since {stamp}"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode(), 0)
+            except OSError:
+                pass  # the note only informs; a full disk is reported by the writes it guards
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_HOLDER_RE = re.compile(r"host (\S+) pid (\d+)")
+
+
+def _holder_advice(holder: str, lock: Path) -> str:
+    """What to do about a lock's holder: wait, or, when the process that took it has gone (a
+    child it forked still holds the lock), find and stop the holder."""
+    m = _HOLDER_RE.search(holder)
+    if m and m.group(1) == socket.gethostname() and not _pid_alive(int(m.group(2))):
+        return (
+            f"that process has exited but the lock is still held, by a process it started: find "
+            f"it with `fuser -v {lock}` and stop it, then run again"
+        )
+    return "run again when it has finished"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -27,11 +27,15 @@ import numpy as np
 from . import store as zstore
 from .config import IngestConfig
 from .conventions import survey_of_season
-from .fsutil import exclusive_all, replace_dir
+from .faults import ensure_free_space, human_bytes
+from .fsutil import atomic_path, exclusive_all, replace_dir
 from .labels import Labels, read_labels
 from .rawtree import Discovery, discover
-from .staging import assemble_shard, plan_shards, stage_unit
+from .staging import assemble_shard, night_bytes, plan_shards, stage_unit, staged_files
 from .surveys import alert_columns, get_survey
+
+#: Bytes kept free beyond the estimate: quarantine tables, metadata, the lock file.
+SPACE_MARGIN = 1 << 20
 
 
 class IngestError(ValueError):
@@ -204,7 +208,7 @@ def ingest(
         for s in sorted({k[0] for k in keys})
     ]
     with exclusive_all(locks, wait=cfg.lock_wait, log=log):  # one writer per season
-        summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress)
+        summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress, log)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -218,6 +222,7 @@ def _ingest_nights(
     cfg: IngestConfig,
     nights: set[tuple[str, int]] | None,
     progress: bool,
+    log: Callable[[str], None] = print,
 ) -> IngestSummary:
     """The body of :func:`ingest`, run with the seasons' writer locks held."""
     from distributed import as_completed
@@ -258,6 +263,7 @@ def _ingest_nights(
     # Phase 1: stage every unit of every pending night, in parallel.
     staged: dict[tuple[str, int], list[dict[str, Any]]] = {}
     if todo:
+        check_space(disc, todo, store_root, fps, cfg, log)
         futures = {}
         for k in todo:
             sdir = zstore.staging_dir(store_root, *k, fps[k])
@@ -307,6 +313,38 @@ def _ingest_nights(
         summary.n_csv_rows_without_stamp = lab.n_missing(all_seen)
     summary.nights.sort(key=lambda n: n.key)
     return summary
+
+
+def check_space(
+    disc: Discovery,
+    todo: list[tuple[str, int]],
+    store_root: Path,
+    fps: dict[tuple[str, int], str],
+    cfg: IngestConfig,
+    log: Callable[[str], None],
+) -> None:
+    """Fail before writing anything when the store's filesystem lacks the space the nights need
+    (:func:`s2v_batch.staging.night_bytes` says how it is estimated); say what is reused.
+
+    Raises
+    ------
+    s2v_batch.faults.InsufficientSpaceError
+        With the bytes needed and the bytes free.
+    """
+    stage = dataset = 0
+    for k in todo:
+        sdir = zstore.staging_dir(store_root, *k, fps[k])
+        st, ds = night_bytes(disc.units[k], cfg.stamp_size, sdir)
+        stage, dataset = stage + st, dataset + ds
+        reused = sum(staged_files(u, sdir)[1].is_file() for u in disc.units[k])
+        if reused:
+            log(f"{k[0]}/{k[1]}: reusing {reused} of {len(disc.units[k])} staged unit(s)")
+    need = stage + dataset + SPACE_MARGIN
+    what = "ingesting " + (
+        f"{todo[0][0]}/{todo[0][1]}" if len(todo) == 1 else f"{len(todo)} nights"
+    )
+    what += f" (staging {human_bytes(stage)} + datasets {human_bytes(dataset)}, estimated)"
+    ensure_free_space(store_root, need, what)
 
 
 def _plan_night(
@@ -413,8 +451,11 @@ def _finish_night(plan: NightAssembly, store_root: Path) -> NightResult:
     if n_stored + n_q != plan.n_found:
         raise RuntimeError(f"night {plan.season}/{plan.night}: stamp accounting broke (a bug)")
     qpath = zstore.quarantine_path(store_root, plan.season, plan.night)
-    zstore.write_quarantine(qpath, plan.quarantine)
-    replace_dir(plan.partial, plan.final)
+    # The dataset, then its quarantine table, each in one rename: a run stopped in between
+    # leaves a night that store.current_night does not take for done (the counts differ).
+    with atomic_path(qpath) as qtmp:
+        zstore.write_quarantine(qtmp, plan.quarantine)
+        replace_dir(plan.partial, plan.final)
     shutil.rmtree(plan.staging, ignore_errors=True)
     return NightResult(
         plan.season,

@@ -411,9 +411,31 @@ def no_data_summary(inputs: RunInputs, gap: Gap) -> dict[str, Any]:
 
 
 def error_text(exc: BaseException) -> str:
-    """One line naming an error: its type and the first line of its message."""
+    """One line about an error: for a fault of the environment what it is and what to do
+    (:func:`s2v_batch.faults.classify`), else its type and the first line of its message."""
+    from .faults import classify
+
+    fault = classify(exc)
+    if fault.kind not in ("bad-input", "error"):
+        return fault.message
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def failure(season: str | None, night: int | None, exc: BaseException, step: str = "") -> dict:
+    """A failed night of a run summary: ``season``, ``night``, ``error`` (one line), ``kind`` and
+    ``status`` (the exit status the fault maps to, :mod:`s2v_batch.faults`)."""
+    from .faults import classify
+
+    fault = classify(exc)
+    prefix = f"{step}: " if step else ""
+    return {
+        "season": season,
+        "night": night,
+        "error": prefix + error_text(exc),
+        "kind": fault.kind,
+        "status": fault.status,
+    }
 
 
 def backfill_summary(

@@ -101,7 +101,8 @@ def discover(
     groups: dict[tuple[str, int], dict[tuple[str, str], list[str | None]]] = {}
     archives: dict[tuple[str, int], list[str]] = {}
     hashes: dict[tuple[str, int], hashlib._Hash] = {}
-    roots = [(str(raw.parent), [], [raw.name])] if raw.is_file() else os.walk(raw)
+    # A folder that cannot be listed is an error, not an empty folder (os.walk's default).
+    roots = [(str(raw.parent), [], [raw.name])] if raw.is_file() else os.walk(raw, onerror=_raise)
     from .alerttree import AlertInputs
 
     alert_inputs = AlertInputs()
@@ -163,6 +164,10 @@ def discover(
         disc.units[key] = units
         disc.raw_fingerprints[key] = hashes[key].hexdigest()
     return disc
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _id_sort(text: str) -> tuple[int, int, str]:

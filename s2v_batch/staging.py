@@ -8,18 +8,31 @@ ingest reuses it. The night's shards are then filled from the staged pixels
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import store as zstore
+from .conventions import CHANNELS
 from .fsutil import atomic_path
-from .rawtree import Unit
+from .rawtree import STAMP_FILE_RE, Unit
 from .stamps import read_unit
 
 _META = "meta__"
+
+
+def staged_files(unit: Unit, staging: str | Path) -> tuple[Path, Path]:
+    """The staged pixel and metadata files of a unit, named by what the unit holds.
+
+    The name carries a digest of the unit's archive or stamp files, so a re-run that cuts the
+    night into other units (another ``unit_stamps``) never takes a staged unit for another.
+    """
+    key = repr((unit.archive, unit.stamps)).encode()
+    return zstore.staged_unit(staging, f"{unit.name}-{hashlib.sha256(key).hexdigest()[:12]}")
 
 
 def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
@@ -27,7 +40,7 @@ def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
 
     Runs on a worker. The returned dict is small: IDs, source paths and quarantine records.
     """
-    npy, meta_path = zstore.staged_unit(staging, unit.name)
+    npy, meta_path = staged_files(unit, staging)
     if meta_path.is_file():
         try:
             return _load_meta(meta_path, npy)
@@ -36,7 +49,7 @@ def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
     if unit.survey == "des":
         data = read_unit(unit, size)
         with atomic_path(npy) as tmp, open(tmp, "wb") as f:
-            np.save(f, data.pixels)
+            save_npy(f, data.pixels)
         dtype = str(data.pixels.dtype)
     else:
         from .alertstamps import read_alert_unit
@@ -103,6 +116,18 @@ class NpyRows:
             self._f.close()
 
 
+def save_npy(f: BinaryIO, arr: np.ndarray) -> None:
+    """Write ``arr`` as a ``.npy`` file through Python's file object.
+
+    ``np.save`` writes the pixels with C ``fwrite`` and reports a full disk as a bare
+    ``OSError("N requested and M written")``; Python's ``write`` raises ``ENOSPC`` or ``EDQUOT``,
+    which the run reports as the full disk it is.
+    """
+    arr = np.ascontiguousarray(arr)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+    f.write(arr.reshape(-1).view(np.uint8).data)
+
+
 def _load_meta(path: Path, npy: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         out = {
@@ -155,3 +180,49 @@ def plan_shards(
     if filled:
         shards.append((start, current))
     return shards
+
+
+# --------------------------------------------------------------------------- space
+
+
+def night_bytes(units: list[Unit], size: int, staging: str | Path) -> tuple[int, int]:
+    """Estimate the bytes an ingest of a night will write: ``(staging, dataset)``.
+
+    Every stamp is ``size * size * 3`` pixels of 1 byte (GIF) or 4 (FITS); it is written twice:
+    once staged (``.npy``, removed when the night is published) and once in the Zarr shards
+    (counted uncompressed: noise-dominated pixels barely compress). Staged units already on disk
+    count for the dataset only. The stamps of loose files are counted; those of a tar archive are
+    estimated from its size on disk and its first member (each channel is a 512-byte header plus
+    the file padded to 512 bytes), exact for FITS, close for GIF; an archive padded with junk
+    counts as more stamps than it holds (its junk is quarantined, never staged).
+    """
+    stage = dataset = 0
+    px = size * size * len(CHANNELS)
+    counts = [_unit_stamps(u, size) for u in units]
+    itemsize = 4 if any(fits for _, fits in counts) else 1  # one FITS unit makes it float32
+    for u, (n, fits) in zip(units, counts, strict=True):
+        npy, meta = staged_files(u, staging)
+        if not meta.is_file():
+            stage += n * px * (4 if fits else 1)
+        dataset += n * px * itemsize
+    return stage, dataset
+
+
+def _unit_stamps(unit: Unit, size: int) -> tuple[int, bool]:
+    """(stamps, whether FITS) of a unit: counted for loose files, estimated for an archive."""
+    if not unit.archive:
+        first = next((p for _, paths in unit.stamps for p in paths if p), "")
+        return len(unit.stamps), not first.lower().endswith(".gif")
+    try:
+        with tarfile.open(unit.archive, mode="r:") as tf:
+            member = next(
+                (m for m in tf if m.isfile() and STAMP_FILE_RE.match(Path(m.name).name)), None
+            )
+        st = Path(unit.archive).stat()
+        total = min(st.st_size, st.st_blocks * 512)  # a sparse hole takes no space to read
+    except (tarfile.TarError, EOFError):
+        return 0, False  # a damaged archive: read (and quarantined) by its worker
+    if member is None:
+        return 0, False
+    per_stamp = len(CHANNELS) * (512 + -(-member.size // 512) * 512)
+    return max(1, total // per_stamp), not member.name.lower().endswith(".gif")

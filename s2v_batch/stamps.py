@@ -1,20 +1,22 @@
 """Reading a unit of raw stamps (loose files or a tar archive) into validated pixel arrays.
 
 Every stamp found is returned either decoded or as a quarantine record with a reason: nothing is
-dropped. Tar archives are read as a stream, member by member, never unpacked to disk.
+dropped. Tar archives are read as a stream, member by member, never unpacked to disk. Reads are
+bounded: a file or member larger than a stamp's channel can be is quarantined unread. A file that
+cannot be read at all (vanished, permission denied) is a fault of the environment and is raised.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .conventions import CHANNELS
-from .decode import StampError, combine_channels, decode_channel
+from .decode import StampError, combine_channels, decode_channel, max_channel_bytes
 from .rawtree import CHANNEL_INDEX, STAMP_FILE_RE, Unit
 
 
@@ -33,18 +35,31 @@ class UnitData:
     meta: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _iter_files(unit: Unit) -> Iterator[tuple[str, str, list]]:
+def read_channel_file(path: str, size: int) -> bytes | StampError:
+    """The bytes of one channel file, or a :class:`StampError` (the quarantine reason) when the
+    file is larger than a channel of a ``size`` x ``size`` stamp can be: such a file is never
+    read (:func:`~s2v_batch.decode.max_channel_bytes`).
+
+    An ``OSError`` (a vanished folder, permission denied, an I/O error) is raised: it is a fault
+    of the environment, not of the stamp, and must stop the night rather than quarantine it.
+    """
+    limit = max_channel_bytes(path, size)
+    with open(path, "rb") as f:
+        n = os.fstat(f.fileno()).st_size
+        data = b"" if n > limit else f.read(limit + 1)  # bounded even if the file grows
+    if n > limit or len(data) > limit:
+        return StampError(_too_large(max(n, len(data)), limit, "file", size))
+    return data
+
+
+def _too_large(n: int, limit: int, what: str, size: int | None = None) -> str:
+    stamp = f"a {size}x{size} stamp's channel" if size else "a stamp's channel"
+    return f"{what} is {n:,} bytes, larger than {stamp} can be (at most {limit:,}); not read"
+
+
+def _iter_files(unit: Unit, size: int) -> Iterator[tuple[str, str, list]]:
     for id_text, paths in unit.stamps:
-        chans: list = []
-        for p in paths:
-            if p is None:
-                chans.append(None)
-                continue
-            try:
-                with open(p, "rb") as f:
-                    chans.append((p, f.read()))
-            except OSError as exc:
-                chans.append((p, StampError(f"unreadable file ({exc.strerror})")))
+        chans: list = [None if p is None else (p, read_channel_file(p, size)) for p in paths]
         where = next(p for p in paths if p is not None)
         yield id_text, os.path.dirname(where), chans
 
@@ -64,20 +79,31 @@ def _octal(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-def tar_members(path: str) -> Iterator[tuple[str, bytes]]:
+#: ``limit(member name)``: the most bytes to read of a member, or None to skip it unread.
+MemberLimit = Callable[[str], int | None]
+
+
+def tar_members(
+    path: str, limit: MemberLimit | None = None
+) -> Iterator[tuple[str, bytes | StampError]]:
     """Yield ``(name, data)`` of the regular files of a plain tar archive, streaming.
 
     Reads 512-byte headers directly (several times faster than :mod:`tarfile` for archives of
     tiny files), checking each header's checksum; archives with pax or GNU long-name headers are
-    handed to :mod:`tarfile`.
+    handed to :mod:`tarfile`. Members are read with bounded memory: one ``limit`` says to skip
+    (None) is passed over with a seek, one larger than its limit is yielded as a
+    :class:`StampError` and passed over with a seek, never read.
 
     Raises
     ------
     TarDamaged
         At the first truncated or corrupt point; the members before it have been yielded.
+    OSError
+        The archive cannot be read (a fault of the environment, not of the archive).
     """
     done = 0
     with open(path, "rb", buffering=1 << 20) as f:
+        total = os.fstat(f.fileno()).st_size
         while True:
             hdr = f.read(512)
             if not hdr or hdr == _ZERO_BLOCK:
@@ -100,34 +126,58 @@ def tar_members(path: str) -> Iterator[tuple[str, bytes]]:
                 if prefix:
                     name = prefix + b"/" + name
             name_s = name.decode("utf-8", "replace")
-            data = f.read((size + 511) & ~511)
-            if len(data) < size:
-                raise TarDamaged(f"truncated tar archive at {name_s}")
-            if kind in _PLAIN_TYPES:
+            padded = (size + 511) & ~511
+            most = limit(name_s) if limit is not None and kind in _PLAIN_TYPES else size
+            if kind in _PLAIN_TYPES and most is not None and size <= most:
+                data = f.read(padded)
+                if len(data) < size:
+                    raise TarDamaged(f"truncated tar archive at {name_s}")
                 done += 1
                 yield name_s, data[:size]
-    yield from _tar_members_tarfile(path, skip=done)
+                continue
+            if f.tell() + size > total:  # passed over unread: is it all there?
+                raise TarDamaged(f"truncated tar archive at {name_s}")
+            f.seek(padded, os.SEEK_CUR)
+            if kind in _PLAIN_TYPES:
+                done += 1
+                if most is not None:
+                    yield name_s, StampError(_too_large(size, most, "tar member"))
+    yield from _tar_members_tarfile(path, done, limit)
 
 
-def _tar_members_tarfile(path: str, skip: int) -> Iterator[tuple[str, bytes]]:
+def _tar_members_tarfile(
+    path: str, skip: int, limit: MemberLimit | None
+) -> Iterator[tuple[str, bytes | StampError]]:
     try:
-        with tarfile.open(path, mode="r|") as tf:
+        # Random access ("r:"), so that a member passed over is seeked past, not read through.
+        with tarfile.open(path, mode="r:") as tf:
             for member in tf:
                 if not member.isfile():
                     continue
                 if skip:
                     skip -= 1
                     continue
-                yield member.name, tf.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+                most = limit(member.name) if limit is not None else member.size
+                if most is None:
+                    continue
+                if member.size > most:
+                    yield member.name, StampError(_too_large(member.size, most, "tar member"))
+                    continue
+                yield member.name, tf.extractfile(member).read(most + 1)
+    except (tarfile.TarError, EOFError) as exc:
         raise TarDamaged(f"unreadable tar archive ({type(exc).__name__}: {exc})") from None
 
 
-def _iter_tar(archive: str, failures: list[str]) -> Iterator[tuple[str, str, list]]:
+def _iter_tar(archive: str, size: int, failures: list[str]) -> Iterator[tuple[str, str, list]]:
     """Yield stamps of an archive in member order, streaming (memory does not grow with it)."""
     pending: dict[tuple[str, str], list] = {}  # insertion-ordered: member order
+
+    def limit(name: str) -> int | None:
+        wanted = STAMP_FILE_RE.match(os.path.basename(name)) is not None
+        return max_channel_bytes(name, size) if wanted else None
+
     try:
-        for name, data in tar_members(archive):
+        for name, data in tar_members(archive, limit):
             m = STAMP_FILE_RE.match(os.path.basename(name))
             if m is None:
                 continue
@@ -144,8 +194,6 @@ def _iter_tar(archive: str, failures: list[str]) -> Iterator[tuple[str, str, lis
                 yield key[1], f"{archive}:{key[0]}", slots
     except TarDamaged as exc:
         failures.append(str(exc))
-    except OSError as exc:
-        failures.append(f"unreadable tar archive ({exc.strerror or exc})")
     for key, slots in pending.items():
         yield key[1], f"{archive}:{key[0]}", slots
 
@@ -165,7 +213,7 @@ def read_unit(unit: Unit, size: int) -> UnitData:
     UnitData
     """
     failures: list[str] = []
-    source = _iter_tar(unit.archive, failures) if unit.archive else _iter_files(unit)
+    source = _iter_tar(unit.archive, size, failures) if unit.archive else _iter_files(unit, size)
     pix: list[np.ndarray] = []
     ids: list[int] = []
     fracs: list[float] = []

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .conventions import CHANNELS, is_night, is_season
+from .faults import writing
 from .fsutil import atomic_path, replace_dir
 
 #: Stamps per shard file (one Dask task writes or reads whole shards).
@@ -164,9 +165,23 @@ def current_night(path: str | Path, night_fp: str) -> dict[str, Any] | None:
     The one test of "this night is done" that ingest (to skip it) and planning use.
     """
     attrs = verify_night(path)
-    if attrs is None or fingerprint_of(attrs) != night_fp:
+    if attrs is None or fingerprint_of(attrs) != night_fp or not _quarantine_matches(path, attrs):
         return None
     return attrs
+
+
+def _quarantine_matches(path: str | Path, attrs: Mapping[str, Any]) -> bool:
+    """Whether the night's quarantine table holds the ``n_quarantined`` rows its dataset records
+    (an ingest stopped between publishing the two is redone, never taken for done)."""
+    path = Path(path)
+    qpath = path.parent / f"quarantine-{path.stem}.parquet"
+    expected = int(attrs.get("n_quarantined", 0))
+    try:
+        return pq.ParquetFile(qpath).metadata.num_rows == expected
+    except FileNotFoundError:
+        return expected == 0
+    except Exception:
+        return False
 
 
 def list_nights(store_root: str | Path, season: str | None = None) -> list[NightRef]:
@@ -259,7 +274,7 @@ def create_night(
             **(attrs or {}),
         },
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing(path):
         # String coordinates and consolidated metadata are not yet in the Zarr v3 spec, and
         # xarray relies on both: the warnings say so on every write.
         warnings.simplefilter("ignore")
@@ -298,7 +313,8 @@ def write_stamps(path: str | Path, start: int, pixels: np.ndarray) -> None:
     arr = stamps_array(path, mode="r+")
     if start % arr.shards[0]:
         raise StoreError(f"write at {start} is not on a shard boundary ({arr.shards[0]})")
-    arr[start : start + len(pixels)] = pixels.astype(arr.dtype, copy=False)
+    with writing(Path(path) / "stamps"):  # zarr's ENOSPC names no file
+        arr[start : start + len(pixels)] = pixels.astype(arr.dtype, copy=False)
 
 
 def missing_shards(path: str | Path) -> list[int]:
