@@ -127,8 +127,10 @@ def run_log(
             for num in (1, 2):
                 saved.append((num, os.dup(num)))
                 os.dup2(fd, num)
-            sys.stdout = _terminal(saved[0][1], streams[0])
-            sys.stderr = _terminal(saved[1][1], streams[1])
+            # Only streams on the diverted descriptors need a terminal of their own; one the
+            # caller replaced (pytest's capture, a notebook) keeps receiving the command's lines.
+            sys.stdout = _terminal(saved[0][1], streams[0]) if _on_fd(streams[0], 1) else streams[0]
+            sys.stderr = _terminal(saved[1][1], streams[1]) if _on_fd(streams[1], 2) else streams[1]
         yield RunLog(path)
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -146,6 +148,14 @@ def run_log(
         logging.raiseExceptions = raise_exc
         if fd is not None:
             os.close(fd)
+
+
+def _on_fd(stream: object, num: int) -> bool:
+    """Whether ``stream`` writes to file descriptor ``num``."""
+    try:
+        return stream.fileno() == num  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _terminal(fd: int, like: io.TextIOBase) -> io.TextIOWrapper:
