@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from s2v_batch import pipeline
+from s2v_batch import pipeline, runsummary
 from s2v_batch.cluster import open_client
 from s2v_batch.pipeline import NightOutcome, NightPlan, Plan, RunInputs
 from s2v_flows.nightly import TASK, report_season
@@ -116,19 +116,16 @@ def backfill_flow(
                 try:
                     done.append(fut.result().as_dict())
                 except Exception as exc:  # one night's failure must not stop the others
-                    logger.error(
-                        f"night {n.season}/{n.night} failed: {pipeline.error_text(exc)}",
-                        exc_info=exc,
-                    )
-                    failed.append(pipeline.failure(n.season, n.night, exc))
+                    failed.append(runsummary.failure(n.season, n.night, exc))
+                    logger.error(f"night {n.season}/{n.night}: {failed[-1]['error']}", exc_info=exc)
     reports_done: dict[str, dict[str, Any]] = {}
     for season in sorted({d["season"] for d in done} | {n.season for n in plan.complete}):
         state = report_season(inputs, season, return_state=True)
         try:
             reports_done[season] = state.result()
         except Exception as exc:
-            failed.append(pipeline.failure(season, None, exc, step="report"))
-    summary = pipeline.backfill_summary(
+            failed.append(runsummary.failure(season, None, exc, step="report"))
+    summary = runsummary.backfill_summary(
         inputs, plan, done, failed, reports_done, time.perf_counter() - t0
     )
     (logger.warning if summary["failed"] else logger.info)(summary["line"])

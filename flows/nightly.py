@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from s2v_batch import faults, pipeline
+from s2v_batch import faults, pipeline, runsummary
 from s2v_batch.cluster import open_client
 from s2v_batch.ingest import NightResult
 from s2v_batch.pipeline import OBSERVATORY_TZ, NightPlan, Plan, RunInputs, last_night
@@ -164,7 +164,7 @@ def nightly_flow(
     if not plan.nights:
         if fail_if_no_data:
             raise pipeline.NoDataError(plan.missing[0].reason)
-        summary = pipeline.no_data_summary(inputs, plan.missing[0])
+        summary = runsummary.no_data_summary(inputs, plan.missing[0])
         logger.info(summary["line"])
         # A completed run whose state says why nothing was done (the server shows the message).
         return Completed(message=plan.missing[0].reason, data=summary)
@@ -175,7 +175,7 @@ def nightly_flow(
         sc = score_night(inputs, client, n, progress)
     rep = report_season(inputs, n.season) if write_report else None
     outcome = pipeline.NightOutcome(ing, sc)
-    summary = pipeline.nightly_summary(inputs, outcome, rep, time.perf_counter() - t0)
+    summary = runsummary.nightly_summary(inputs, outcome, rep, time.perf_counter() - t0)
     logger.info(summary["line"])
     return summary
 
