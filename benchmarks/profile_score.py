@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     su = startup(model, ["uint8", "float32"])
     print("| worker start-up step | CPU s |\n|---|---:|")
     print("\n".join(f"| {k} | {v:.2f} |" for k, v in su.items()))
-    for dtype, e in (("uint8", "lossless"), ("float32", "lossless"), ("float32", enc)):
-        if (dtype, e) == ("float32", "lossless") and enc == "lossless":
-            continue
+    kinds = [("uint8", "lossless"), ("float32", "lossless")]
+    kinds += [("float32", enc)] if enc != "lossless" else []
+    for dtype, e in kinds:
         store = work / f"store-{dtype}-{a.stamps}-{e}"
         night = bd.make_night(store, a.stamps, dtype, workdir=work, float_encoding=e)
         st = stages(night, model, a.stamps, a.repeats)
