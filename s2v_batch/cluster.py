@@ -144,12 +144,17 @@ def default_local_spec() -> ClusterSpec:
 def cpu_worker_env(threads: int) -> dict[str, str]:
     """Environment of a plain CPU worker: TensorFlow's thread settings (read at start-up, before
     its first op) and no GPU. On a GPU host every CPU worker would otherwise open the card (JAX
-    preallocates 75% of its memory in the first one); the ``cuda`` kind is for GPUs."""
+    preallocates 75% of its memory in the first one); the ``cuda`` kind is for GPUs.
+
+    Each of the worker's ``threads`` runs one task, and each task's model call runs on one core:
+    one intra-op thread (no barrier between halves of every operation, which a busy core stalls)
+    and one inter-op thread per task thread, so the tasks' calls run side by side.
+    """
     t = str(max(1, threads))
     return {
-        "TF_NUM_INTRAOP_THREADS": t,
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": t,
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": t,
+        "OMP_NUM_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "JAX_PLATFORMS": "cpu",

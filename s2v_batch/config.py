@@ -36,7 +36,9 @@ class IngestConfig:
     stamp_size: stamp edge in pixels (51 for DES); ztf_stamp_size, rubin_stamp_size: the alert
     surveys' (see ``size_for``). unit_stamps: loose stamps (or alert files) per decode task.
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
-    lock_wait: seconds to wait for another writer of the same season.
+    lock_wait: seconds to wait for another writer of the same season. float_encoding: how float
+    (FITS) stamps are stored, ``lossless`` or ``bitround-K`` (:mod:`s2v_batch.encoding`; uint8
+    stamps are always lossless).
     """
 
     stamp_size: int = STAMP_SIZE
@@ -49,8 +51,15 @@ class IngestConfig:
     chunk_stamps: int = 256
     #: Seconds to wait while another process ingests the same season (then StoreBusyError).
     lock_wait: float = 3600.0
+    float_encoding: str = "lossless"
 
     def __post_init__(self) -> None:
+        from .encoding import EncodingError, keepbits
+
+        try:
+            keepbits(self.float_encoding)
+        except EncodingError as exc:
+            raise ConfigError(f"float_encoding: {exc}") from None
         for name in (
             "stamp_size",
             "ztf_stamp_size",

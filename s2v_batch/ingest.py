@@ -248,7 +248,7 @@ def _ingest_nights(
     seen_ids: list[np.ndarray] = []
     for k in keys:
         path = zstore.night_path(store_root, *k)
-        attrs = zstore.current_night(path, fps[k])
+        attrs = zstore.current_night(path, fps[k], cfg.float_encoding)
         if attrs is not None:
             n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
             qpath = zstore.quarantine_path(store_root, *k)
@@ -413,7 +413,7 @@ def _plan_night(
         attrs={
             "n_quarantined": len(quarantine),
             "n_found": n_found,
-            zstore.FINGERPRINT_ATTR: night_fp,
+            zstore.FINGERPRINT_ATTR: zstore.stored_fingerprint(night_fp, dtype, cfg.float_encoding),
             "source_format": "fits" if dtype == np.float32 else "gif",
             "labelled": lab is not None,
             "survey": survey,
@@ -421,6 +421,7 @@ def _plan_night(
         extra=extra,
         shard_stamps=cfg.shard_stamps,
         chunk_stamps=cfg.chunk_stamps,
+        float_encoding=cfg.float_encoding,
     )
     return NightAssembly(
         season=season,

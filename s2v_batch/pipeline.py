@@ -155,13 +155,15 @@ def plan(
         night_fp = zstore.night_fingerprint(
             raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey_of_season(season))
         )
-        attrs = zstore.current_night(zstore.night_path(inputs.store, season, night), night_fp)
+        attrs = zstore.current_night(
+            zstore.night_path(inputs.store, season, night), night_fp, cfg.ingest.float_encoding
+        )
         scored = attrs is not None and (
             sink.current_scores(
                 inputs.scores,
                 season,
                 night,
-                night_fp=night_fp,
+                night_fp=zstore.fingerprint_of(attrs),
                 model_sha256=inputs.card.sha256,
                 threshold=inputs.threshold,
                 n_stamps=int(attrs["n_stamps"]),

@@ -1,154 +1,47 @@
-"""Score stored stamps with the CNN on a Dask cluster, one task per Zarr shard.
+"""Score stored stamps with the CNN on a Dask cluster: the driver, one task per part of a night.
 
-Each worker loads the model once from its file path and keeps it (never pickled through the
-scheduler). A task reads one shard of a night, scores it in large batches and writes one Parquet
-part with a deterministic name; a night is published atomically when all its parts exist, so a
-re-run (after a killed worker or process) redoes only the missing parts.
+A task (:func:`s2v_batch.scoreworker.score_shard`) scores ``part_stamps`` stamps of a night and
+writes one Parquet part with a deterministic name into the night's staging folder; when all its
+parts exist the night is published (:func:`s2v_batch.sink.publish_night`: merged into one sorted
+file, swapped in atomically), so a re-run after a killed worker or process redoes only the
+missing parts. Each worker loads the model once from its file path (never pickled through the
+scheduler); :class:`~s2v_batch.scoreworker.WarmUp` has every worker import TensorFlow, load the
+model and trace it while the driver plans the nights.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import threading
+import contextlib
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from . import sink
 from . import store as zstore
 from .config import ScoreConfig
-from .conventions import CHANNELS, survey_of_season
+from .conventions import survey_of_season
 from .faults import ensure_free_space
 from .fsutil import exclusive_all
 from .scorechecks import nights_problem
-from .surveys import alert_score_columns
+from .scoreworker import (  # noqa: F401  (the worker side, re-exported)
+    WarmUp,
+    get_predictor,
+    nonfinite_reasons,
+    prefetched_blocks,
+    prefetched_reads,
+    score_block,
+    score_shard,
+    warm_up,
+)
+from .shardread import StampReader
 
 
 class ScoringError(ValueError):
     """Scoring cannot start (bad arguments, nothing to score)."""
-
-
-# --------------------------------------------------------------------------- worker side
-
-_PREDICTORS: dict[tuple, object] = {}
-_LOCK = threading.Lock()
-
-
-def get_predictor(model_path: str, batch_size: int, mixed_precision: bool = False):
-    """The worker's predictor for a model file, loaded (and sha256-checked) once per process."""
-    from .model import Predictor
-
-    key = (
-        str(Path(model_path).resolve()),
-        os.stat(model_path).st_mtime_ns,
-        batch_size,
-        mixed_precision,
-    )
-    with _LOCK:
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            pred = Predictor(model_path, batch_size=batch_size, mixed_precision=mixed_precision)
-            _PREDICTORS[key] = pred
-    return pred
-
-
-def nonfinite_reasons(pixels: np.ndarray) -> list[str | None]:
-    """Per stamp: None when every pixel is finite, else which channels hold NaN/Inf and how many."""
-    if pixels.dtype.kind in "ui":
-        return [None] * len(pixels)
-    bad = ~np.isfinite(pixels)
-    per_stamp = bad.any(axis=(1, 2, 3))
-    out: list[str | None] = [None] * len(pixels)
-    for i in np.flatnonzero(per_stamp):
-        counts = bad[i].sum(axis=(0, 1))
-        where = ", ".join(f"{c}: {int(k)}" for c, k in zip(CHANNELS, counts, strict=True) if k)
-        out[i] = f"non-finite pixels after ingest ({where}); not scored"
-    return out
-
-
-def score_block(
-    pixels: np.ndarray, model_path: str, batch_size: int, mixed_precision: bool = False
-):
-    """Scores of a block of stamps (NaN where a stamp has non-finite pixels) and the reasons."""
-    reasons = nonfinite_reasons(pixels)
-    ok = np.array([r is None for r in reasons], dtype=bool)
-    scores = np.full(len(pixels), np.nan, dtype=np.float32)
-    if ok.any():
-        pred = get_predictor(model_path, batch_size, mixed_precision)
-        scores[ok] = pred.predict(pixels[ok] if not ok.all() else pixels)
-    return scores, reasons
-
-
-def prefetched_blocks(arr, start: int, stop: int, step: int) -> Iterator[np.ndarray]:
-    """Read ``arr[start:stop]`` in blocks of ``step``; the next block is read and decompressed in
-    a background thread while the caller scores the current one (it keeps a GPU fed)."""
-    edges = [*range(start, stop, step), stop]
-    if len(edges) < 2:
-        return
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(arr.__getitem__, slice(edges[0], edges[1]))
-        for a, b in zip(edges[1:-1], edges[2:], strict=True):
-            cur, nxt = nxt, pool.submit(arr.__getitem__, slice(a, b))
-            yield cur.result()
-        yield nxt.result()
-
-
-def score_shard(
-    night_path: str,
-    start: int,
-    stop: int,
-    out_part: str,
-    model_path: str,
-    threshold: float,
-    batch_size: int,
-    mixed_precision: bool,
-    run_id: str,
-    scored_at: str,
-) -> dict:
-    """Read stamps ``[start, stop)`` of a night, score them, write one Parquet part; return counts."""
-    import zarr
-
-    group = zarr.open_group(night_path, mode="r")
-    survey = group.attrs.get("survey", "des")
-    stamp_id = group["stamp_id"][start:stop]
-    label = group["label"][start:stop]
-    arr = group["stamps"]
-    step = -(-2 * batch_size // arr.chunks[0]) * arr.chunks[0]  # whole inner chunks
-    scores_l, reasons = [], []
-    for pixels in prefetched_blocks(arr, start, stop, step):
-        sc, rs = score_block(pixels, model_path, batch_size, mixed_precision)
-        scores_l.append(sc)
-        reasons.extend(rs)
-    scores = np.concatenate(scores_l) if scores_l else np.zeros(0, np.float32)
-    pred = get_predictor(model_path, batch_size, mixed_precision)
-    n = len(scores)
-    valid = np.isfinite(scores)
-    cand = valid & (scores >= np.float32(threshold))
-    ts = dt.datetime.fromisoformat(scored_at)
-    table = pa.table(
-        {
-            "stamp_id": pa.array(stamp_id, pa.int64()),
-            "score": pa.array(scores, pa.float32(), mask=~valid),
-            "is_candidate": pa.array(cand),
-            "threshold": pa.array(np.full(n, threshold, np.float32)),
-            "label": pa.array(label, pa.int8(), mask=label < 0),
-            "model_version": pa.array([f"{pred.card.name}-{pred.card.version}"] * n, pa.string()),
-            "model_sha256": pa.array([pred.sha256] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "scored_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
-            "error": pa.array(reasons, pa.string()),
-            **alert_score_columns(group, survey, start, stop),
-        }
-    )
-    sink.write_part(out_part, table, sink.score_schema(survey))
-    return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -186,6 +79,8 @@ class ScoreSummary:
     nights: list[NightScore] = field(default_factory=list)
     seconds: float = 0.0
     model: str = ""
+    #: Seconds from the start of :func:`score` to the first part written (None: none written).
+    first_part_seconds: float | None = None
 
     @property
     def n_stamps(self) -> int:
@@ -305,26 +200,36 @@ def score(
         )
         for r in refs
     ]
-    # One writer per night: staging and publishing are not shared.
-    with exclusive_all(locks, wait=cfg.lock_wait, log=log):
-        summary = _score_nights(
-            refs,
-            scores_root,
-            client,
-            card,
-            keras_path,
-            threshold,
-            cfg,
-            skip_complete,
-            progress,
-            log,
-        )
+    # Workers import TensorFlow, load the model and trace it while the nights are planned.
+    dtypes = sorted({_stamps_dtype(r.path) for r in refs[:16]} - {None})
+    client.register_plugin(
+        WarmUp(str(keras_path), cfg.batch_size, cfg.mixed_precision, dtypes), name=WarmUp.name
+    )
+    try:
+        # One writer per night: staging and publishing are not shared.
+        with exclusive_all(locks, wait=cfg.lock_wait, log=log):
+            summary = _score_nights(
+                refs,
+                scores_root,
+                client,
+                card,
+                keras_path,
+                threshold,
+                cfg,
+                skip_complete,
+                progress,
+                log,
+                t0,
+            )
+    finally:
+        with contextlib.suppress(Exception):  # a worker plugin left behind only warms up
+            client.unregister_worker_plugin(WarmUp.name)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _score_nights(
-    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log
+    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log, t0
 ) -> ScoreSummary:
     """The body of :func:`score`, run with the nights' writer locks held."""
     from distributed import as_completed
@@ -398,6 +303,8 @@ def _score_nights(
         plan = plans[k]
         plan.stats[i] = fut.result()
         plan.left -= 1
+        if summary.first_part_seconds is None:
+            summary.first_part_seconds = time.perf_counter() - t0
         bar.update(1)
         if plan.left == 0:  # publish each night as soon as its last part lands
             summary.nights.append(_publish(plan, scores_root, card, threshold))
@@ -436,6 +343,13 @@ def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, ski
     if nights:
         what = f"scoring {stamps:,} stamps of {nights} night(s) (estimated)"
         ensure_free_space(scores_root, need, what)
+
+
+def _stamps_dtype(night: Path) -> str | None:
+    try:
+        return StampReader(zstore.stamps_path(night)).dtype.str
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _part_stats(part: Path) -> dict[str, int]:

@@ -2,15 +2,22 @@
 
 Layout (this module is the only one that builds these paths)::
 
-    SCORES/season=<S>/night=<N>/part-*.parquet     the published scores of a night
+    SCORES/season=<S>/night=<N>/part-<run>-00000.parquet  the published scores of a night: one
+                                                   file (more only past PUBLISH_FILE_ROWS rows),
+                                                   named for the run that made it
     SCORES/season=<S>/night=<N>/_manifest.json     what they were made from (model, data, run)
-    SCORES/_staging/season=<S>/night=<N>/<key>/    parts of a run being written (key: model,
-                                                   threshold, part size), and its _run.json
+    SCORES/_staging/season=<S>/night=<N>/<key>/    parts of a run being written, one a scoring
+                                                   task (key: model, threshold, part size), and
+                                                   its _run.json: a killed run resumes from them
+    SCORES/_staging/season=<S>/night=<N>/<key>.publish/  the night's file being assembled
     SCORES/_staging/season=<S>/night=<N>.lock      held by the one process scoring the night
 
 pyarrow and pandas skip ``_`` folders and files. Parts are written through a temporary name and
-a rename; a finished night is swapped into place in one atomic exchange, so a reader sees a
-night's old rows or its new rows, never a mix or duplicates.
+a rename. Publishing merges a night's parts into one file, its rows sorted by
+:data:`PUBLISH_SORT` in row groups of :data:`PUBLISH_ROW_GROUP` rows, so that a season is read
+from one file a night and a filter on the sort keys skips row groups; the folder is then swapped
+into place in one atomic exchange, so a reader sees a night's old rows or its new rows, never a
+mix or duplicates.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import re
 import shutil
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .fsutil import atomic_path, replace_dir, write_bytes_atomic
@@ -68,6 +76,13 @@ _RUN_FILE = "_run.json"
 #: The manifest key of the stored night's fingerprint; manifests before 0.2 call it
 #: ``store_fingerprint`` (still read).
 _FINGERPRINT_KEYS = ("night_fingerprint", "store_fingerprint")
+#: Row order of a published night: best candidates first, so a filter ``score >= t`` reads only
+#: the first row groups of each night (benchmarks/bench_queries.py measured the choice).
+PUBLISH_SORT: tuple[tuple[str, str], ...] = (("score", "descending"), ("stamp_id", "ascending"))
+#: Rows per row group of a published night (the unit a filter skips and a scan reads).
+PUBLISH_ROW_GROUP = 131_072
+#: Rows per published file; a larger night gets several files of this many rows.
+PUBLISH_FILE_ROWS = 8 * 2**20
 
 
 # --------------------------------------------------------------------------- paths
@@ -217,13 +232,22 @@ def run_identity(stage: str | Path) -> dict[str, str]:
 def publish_night(
     staging: str | Path, root: str | Path, season: str, night: int, manifest: dict[str, Any]
 ) -> Path:
-    """Swap a finished staging folder in as the night's scores (replacing any earlier ones)."""
+    """Publish a finished staging folder as the night's scores (replacing any earlier ones).
+
+    The staged parts are merged into one file (:func:`merge_parts`) in a sibling folder with the
+    manifest, that folder is swapped in, and only then are the parts removed: a run killed at
+    any point leaves either the old night or the new one published, and its parts to resume.
+    """
     staging = Path(staging)
-    (staging / _RUN_FILE).unlink(missing_ok=True)
-    write_bytes_atomic(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
+    assembly = staging.with_name(staging.name + ".publish")
+    shutil.rmtree(assembly, ignore_errors=True)
+    assembly.mkdir(parents=True)
+    merge_parts(sorted(staging.glob("part-*.parquet")), assembly, manifest["run_id"])
+    write_bytes_atomic(assembly / MANIFEST, json.dumps(manifest, indent=2).encode())
     dest = night_dir(root, season, night)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(staging, dest)
+    replace_dir(assembly, dest)
+    shutil.rmtree(staging, ignore_errors=True)
     # Remove the now-empty staging parents, if nothing else is staged there.
     for parent in (staging.parent, staging.parent.parent):
         try:
@@ -231,6 +255,46 @@ def publish_night(
         except OSError:
             break
     return dest
+
+
+def merge_parts(
+    parts: Sequence[str | Path],
+    folder: str | Path,
+    run_id: str,
+    *,
+    sort: Sequence[tuple[str, str]] = PUBLISH_SORT,
+    row_group: int = PUBLISH_ROW_GROUP,
+    file_rows: int = PUBLISH_FILE_ROWS,
+) -> list[Path]:
+    """Write the rows of ``parts`` into ``folder`` as one file named for run ``run_id``
+    (:func:`part_path`; more files of ``file_rows`` rows for a larger night), sorted by ``sort``,
+    in row groups of ``row_group``.
+
+    Columns that repeat one value (model, run, threshold) are read dictionary-encoded and the
+    rows are gathered one row group at a time, so memory stays near the sort keys' size.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written (none for no parts).
+    """
+    if not parts:
+        return []
+    first = pq.ParquetFile(parts[0]).schema_arrow
+    strings = [f.name for f in first if pa.types.is_string(f.type)]
+    table = pa.concat_tables(
+        pq.read_table(p, read_dictionary=strings) for p in parts
+    ).unify_dictionaries()
+    order = pc.sort_indices(table, sort_keys=list(sort))  # nulls (unscored stamps) last
+    out: list[Path] = []
+    for f0 in range(0, max(len(table), 1), file_rows):
+        path = part_path(folder, len(out), run_id)
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, first, compression="zstd") as w:
+            for r0 in range(f0, min(f0 + file_rows, len(table)), row_group):
+                rows = table.take(order[r0 : min(r0 + row_group, f0 + file_rows)])
+                w.write_table(rows.cast(first), row_group_size=row_group)
+        out.append(path)
+    return out
 
 
 def discard_staging(root: str | Path, season: str, night: int, keep: str | None = None) -> None:

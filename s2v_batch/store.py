@@ -15,7 +15,10 @@ the coordinate ``channel``; a night of alerts also holds the alert fields kept p
 (``surveys.Survey.columns``, listed in the attribute ``alert_columns``) and says its ``survey``. ``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small
 inner chunks, so that writing is fast and one stamp can be read without decompressing a whole
 shard. Its attribute ``night_fingerprint`` says which raw inputs, labels and settings it was made
-from (:func:`night_fingerprint`); a night is *current* when it verifies and that matches.
+from (:func:`night_fingerprint`; for float stamps also their encoding, :func:`stored_fingerprint`);
+a night is *current* when it verifies and that matches. The attribute ``stamps_encoding`` says how
+the pixels are stored (:mod:`s2v_batch.encoding`: ``lossless``, or ``bitround-K`` for float
+stamps with ``K`` mantissa bits kept); any Zarr reader reads pixel values back either way.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from . import encoding as enc
 from .conventions import CHANNELS, is_night, is_season
 from .faults import writing
 from .fsutil import atomic_path, replace_dir
@@ -151,6 +155,15 @@ def night_fingerprint(raw_fingerprint: str, labels_fingerprint: str | None, stam
     return h.hexdigest()
 
 
+def stored_fingerprint(night_fp: str, dtype: np.dtype | str, float_encoding: str) -> str:
+    """The fingerprint a night of ``dtype`` records: ``night_fp``, and for float stamps not
+    stored losslessly also their encoding (the pixels depend on it; uint8 pixels do not)."""
+    applied = enc.applied(dtype, float_encoding)
+    if applied == enc.LOSSLESS:
+        return night_fp
+    return hashlib.sha256(f"{night_fp}\0{applied}".encode()).hexdigest()
+
+
 def fingerprint_of(attrs: Mapping[str, Any]) -> str | None:
     """The night fingerprint recorded in a dataset's attributes (old attribute names too)."""
     for name in (FINGERPRINT_ATTR, *_OLD_FINGERPRINT_ATTRS):
@@ -159,15 +172,19 @@ def fingerprint_of(attrs: Mapping[str, Any]) -> str | None:
     return None
 
 
-def current_night(path: str | Path, night_fp: str) -> dict[str, Any] | None:
-    """The attributes of a night dataset that is complete and made from ``night_fp``; else None.
+def current_night(
+    path: str | Path, night_fp: str, float_encoding: str = enc.LOSSLESS
+) -> dict[str, Any] | None:
+    """The attributes of a night dataset that is complete and made from ``night_fp`` (and, for
+    float stamps, stored in ``float_encoding``); else None.
 
     The one test of "this night is done" that ingest (to skip it) and planning use.
     """
     attrs = verify_night(path)
-    if attrs is None or fingerprint_of(attrs) != night_fp or not _quarantine_matches(path, attrs):
+    if attrs is None or not _quarantine_matches(path, attrs):
         return None
-    return attrs
+    expected = stored_fingerprint(night_fp, stamps_array(path).dtype, float_encoding)
+    return attrs if fingerprint_of(attrs) == expected else None
 
 
 def _quarantine_matches(path: str | Path, attrs: Mapping[str, Any]) -> bool:
@@ -237,12 +254,15 @@ def create_night(
     shard_stamps: int = DEFAULT_SHARD_STAMPS,
     chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
     extra: Mapping[str, np.ndarray] | None = None,
+    float_encoding: str = enc.LOSSLESS,
 ) -> None:
     """Create a night dataset: the small arrays written, ``stamps`` allocated and empty.
 
-    Workers then fill ``stamps`` shard by shard with :func:`write_stamps`. ``extra``: more 1-D
-    arrays along ``stamp`` (the alert fields kept per stamp), named in the attribute
-    ``alert_columns``.
+    Workers then fill ``stamps`` shard by shard with :func:`write_stamps`, which applies the
+    encoding (``float_encoding`` for float stamps, :mod:`s2v_batch.encoding`; uint8 stamps are
+    always lossless). The encoding is recorded as ``stamps_encoding`` in the dataset's and the
+    ``stamps`` array's attributes. ``extra``: more 1-D arrays along ``stamp`` (the alert fields
+    kept per stamp), named in the attribute ``alert_columns``.
     """
     import xarray as xr
     import zarr
@@ -254,6 +274,11 @@ def create_night(
     if shard_stamps % chunk_stamps:
         raise StoreError("shard_stamps must be a multiple of chunk_stamps")
     n = int(n_stamps)
+    stamps_encoding = enc.applied(dtype, float_encoding)
+    encoding_attrs = {
+        "stamps_encoding": stamps_encoding,
+        "stamps_encoding_note": enc.describe(stamps_encoding),
+    }
     ds = xr.Dataset(
         {
             "stamp_id": (("stamp",), np.asarray(stamp_id, dtype=np.int64)),
@@ -271,6 +296,7 @@ def create_night(
             "label_convention": "1 = real, 0 = artifact, -1 = unknown",
             "s2v_batch_version": __version__,
             **({ALERT_COLUMNS_ATTR: list(extra)} if extra else {}),
+            **encoding_attrs,
             **(attrs or {}),
         },
     )
@@ -290,12 +316,19 @@ def create_night(
             chunks=(chunk, size, size, len(CHANNELS)),
             shards=(shard, size, size, len(CHANNELS)),
             dtype=np.dtype(dtype),
-            compressors=zarr.codecs.ZstdCodec(level=1),
             fill_value=0,
             dimension_names=("stamp", "y", "x", "channel"),
             config={"write_empty_chunks": True},
+            attributes=encoding_attrs,
+            **enc.codecs(dtype, stamps_encoding),
         )
         zarr.consolidate_metadata(path)
+
+
+def stamps_path(path: str | Path) -> Path:
+    """The ``stamps`` array's folder in a night dataset (a
+    :class:`~s2v_batch.shardread.StampReader` opens it)."""
+    return Path(path) / "stamps"
 
 
 def stamps_array(path: str | Path, mode: str = "r"):
@@ -305,16 +338,20 @@ def stamps_array(path: str | Path, mode: str = "r"):
     # write_empty_chunks is a setting of the handle, not stored metadata: without it a shard of
     # all-fill pixels is never written, and verification would take it for a lost shard.
     with zarr.config.set({"array.write_empty_chunks": True}):
-        return zarr.open_array(Path(path) / "stamps", mode=mode)
+        return zarr.open_array(stamps_path(path), mode=mode)
 
 
 def write_stamps(path: str | Path, start: int, pixels: np.ndarray) -> None:
-    """Write whole shards of pixels starting at stamp ``start`` (a shard boundary)."""
+    """Write whole shards of pixels starting at stamp ``start`` (a shard boundary), encoded as
+    the night's ``stamps_encoding`` says (:func:`s2v_batch.encoding.encode`)."""
     arr = stamps_array(path, mode="r+")
     if start % arr.shards[0]:
         raise StoreError(f"write at {start} is not on a shard boundary ({arr.shards[0]})")
+    pixels = pixels.astype(arr.dtype, copy=False)
     with writing(Path(path) / "stamps"):  # zarr's ENOSPC names no file
-        arr[start : start + len(pixels)] = pixels.astype(arr.dtype, copy=False)
+        arr[start : start + len(pixels)] = enc.encode(
+            pixels, arr.attrs.get("stamps_encoding", enc.LOSSLESS)
+        )
 
 
 def missing_shards(path: str | Path) -> list[int]:
@@ -326,7 +363,7 @@ def missing_shards(path: str | Path) -> list[int]:
     arr = stamps_array(path)
     n = arr.shape[0]
     nshards = _shard_count(n, arr.shards[0])
-    base = Path(path) / "stamps" / "c"
+    base = stamps_path(path) / "c"
     return [i for i in range(nshards) if not (base / str(i) / "0" / "0" / "0").is_file()]
 
 
@@ -440,6 +477,7 @@ def write_night(
     shard_stamps: int = DEFAULT_SHARD_STAMPS,
     chunk_stamps: int = DEFAULT_CHUNK_STAMPS,
     extra: Mapping[str, np.ndarray] | None = None,
+    float_encoding: str = enc.LOSSLESS,
 ) -> Path:
     """Write a whole night dataset from in-memory arrays (atomically: temporary name, rename).
 
@@ -466,8 +504,9 @@ def write_night(
         shard_stamps=shard_stamps,
         chunk_stamps=chunk_stamps,
         extra=extra,
+        float_encoding=float_encoding,
     )
     if n:
-        stamps_array(tmp, mode="r+")[:] = stamps
+        write_stamps(tmp, 0, stamps)
     replace_dir(tmp, path)
     return path

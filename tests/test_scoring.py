@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import sink
 from s2v_batch import store as zstore
 from s2v_batch.config import ScoreConfig
-from s2v_batch.scoring import ScoringError, prefetched_blocks, score
+from s2v_batch.scoring import ScoringError, WarmUp, prefetched_blocks, score
 from s2v_batch.simulator import simulate_stamps
 
 N_STAMPS = 1500
@@ -193,9 +194,13 @@ def test_two_models_only_the_second_remains(client, stored, models, tmp_path):
     df = _night(out)
     assert len(df) == N_STAMPS and df.stamp_id.is_unique
     assert set(df.model_version) == {"test-b-1"}
-    assert len(list(sink.night_dir(out, "Y1", 20130901).glob("part-*.parquet"))) == -(
-        -N_STAMPS // SHARD
-    )
+    # Published as one file, best scores first; the per-task parts stayed in staging.
+    (published,) = sink.night_dir(out, "Y1", 20130901).glob("*.parquet")
+    run_id = sink.read_manifest(out, "Y1", 20130901)["run_id"]
+    assert published.name == f"part-{run_id[:12]}-00000.parquet"
+    scores = pd.read_parquet(published).score.to_numpy()
+    assert (np.diff(scores[np.isfinite(scores)]) <= 0).all()
+    assert not (out / "_staging").exists() or not list((out / "_staging").rglob("*.parquet"))
 
 
 def test_skip_complete_and_threshold_override(client, stored, models, tmp_path):
@@ -374,6 +379,41 @@ def test_nonfinite_pixels_get_error_entries(client, models, tmp_path):
     assert df.score.isna().sum() == 2 and not df.is_candidate[[3, 7]].any()
     assert "diff: 1" in df.error[3] and "srch: 2601" in df.error[7]
     assert df.error.notna().sum() == 2
+
+
+@pytest.mark.parametrize("dtype, encoding", [("uint8", "lossless"), ("float32", "bitround-9")])
+def test_scores_equal_the_predictor_on_the_stored_pixels(client, models, tmp_path, dtype, encoding):
+    """The pipeline (reader, buffers, warm-up, guard) gives what Predictor.predict gives on the
+    pixels xarray reads back from the store, stamp by stamp."""
+    from s2v_batch.model import Predictor
+
+    n = 700
+    px = np.nan_to_num(simulate_stamps(n, np.random.default_rng(9)).pixels, nan=0.0)
+    if dtype == "uint8":
+        px = np.clip(px / 20 + 100, 0, 255).astype(np.uint8)
+    path = zstore.write_night(
+        zstore.night_path(tmp_path / "store", "Y1", 20130907),
+        px,
+        np.arange(n) * 7 + 3,
+        np.zeros(n, np.int8),
+        season="Y1",
+        night=20130907,
+        shard_stamps=SHARD,
+        chunk_stamps=64,
+        float_encoding=encoding,
+    )
+    cfg = ScoreConfig(batch_size=64, part_stamps=SHARD)
+    s = score(tmp_path / "store", tmp_path / "scores", client, model_path=models[0], config=cfg,
+              progress=False)  # fmt: skip
+    assert s.n_stamps == n and s.first_part_seconds is not None
+    ds = xr.open_zarr(path)
+    want = Predictor(models[0], batch_size=64).predict(ds.stamps.values)
+    got = _night(tmp_path / "scores").set_index("stamp_id").score
+    np.testing.assert_allclose(got.loc[ds.stamp_id.values].to_numpy(), want, atol=1e-6, rtol=0)
+    # The warm-up plugin is gone after the run; the workers kept their predictor.
+    assert WarmUp.name not in client.run_on_scheduler(
+        lambda dask_scheduler: list(dask_scheduler.worker_plugins)
+    )
 
 
 def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):

@@ -10,6 +10,7 @@ The backend (TensorFlow or JAX) is whatever Keras runs on; Keras comes through
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,9 @@ class Predictor:
             self.model = _with_policy(self.model, "mixed_bfloat16")
         self._compiled: dict[tuple[str, int], Callable[[np.ndarray], Any]] = {}
         self._state: Any = None
+        # Threads sharing a predictor (a worker warming up while its first task starts) make
+        # one compiled function a shape, so it is traced once.
+        self._fn_lock = threading.Lock()
 
     @property
     def threshold(self) -> float:
@@ -249,6 +253,13 @@ class Predictor:
         fn = self._compiled.get(key)
         if fn is not None:
             return fn
+        with self._fn_lock:
+            fn = self._compiled.get(key)
+            if fn is None:
+                fn = self._compiled[key] = self._make_fn(dtype, size)
+        return fn
+
+    def _make_fn(self, dtype: np.dtype, size: int) -> Callable[[np.ndarray], Any]:
         model = self.model
         if self.backend == "tensorflow":
             import tensorflow as tf
@@ -257,6 +268,7 @@ class Predictor:
             call = tf.function(
                 lambda x: model(x, training=False), input_signature=[spec], jit_compile=False
             )
+            call.get_concrete_function()  # traced now, under the caller's lock
 
             def fn(x: np.ndarray) -> Any:
                 return call(x)
@@ -285,7 +297,6 @@ class Predictor:
             def fn(x: np.ndarray) -> Any:
                 return model(x, training=False)
 
-        self._compiled[key] = fn
         return fn
 
     def _check(self, x: Any) -> np.ndarray:
