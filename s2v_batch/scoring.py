@@ -81,6 +81,8 @@ class ScoreSummary:
     model: str = ""
     #: Seconds from the start of :func:`score` to the first part written (None: none written).
     first_part_seconds: float | None = None
+    #: Parts found finished in staging from an earlier, interrupted run (not scored again).
+    n_parts_resumed: int = 0
 
     @property
     def n_stamps(self) -> int:
@@ -107,6 +109,7 @@ class ScoreSummary:
             f"score: {self.n_stamps} stamps, {self.n_candidates} candidates, {self.n_errors} errors; "
             f"{len(self.nights)} nights ({len(scored)} scored, {len(self.nights) - len(scored)} "
             f"already complete) with {self.model}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
+            + (f"; {self.n_parts_resumed} parts resumed" if self.n_parts_resumed else "")
         )
 
 
@@ -280,6 +283,7 @@ def _score_nights(
             part = sink.part_path(stage, i, plan.run["run_id"])
             if sink.part_rows(part) == sl.stop - sl.start:
                 plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
+                summary.n_parts_resumed += 1
                 continue
             fut = client.submit(
                 score_shard,

@@ -182,7 +182,7 @@ def test_worker_killed_mid_run(client, stored, models, clean, tmp_path):
     assert not t.is_alive()
     assert result["s"].n_stamps == N_STAMPS
     _assert_same(out, clean)
-    assert len(_published_parts(out, "Y1", 20130901)) == N_PARTS
+    assert len(_published_parts(out, "Y1", 20130901)) == 1  # merged into one file a night
     client.wait_for_workers(2, timeout=60)
     assert victim not in client.run(os.getpid).values()  # the worker was really lost
 
@@ -301,7 +301,7 @@ def test_a_listing_taken_before_a_swap_never_reads_a_mix(client, stored, models,
     kw = dict(config=CFG, season="Y1", progress=False)
     score(stored, out, client, model_path=models[0], **kw)
     frags = list(ds.dataset(out, format="parquet", partitioning="hive").get_fragments())
-    assert len(frags) == N_PARTS
+    assert len(frags) == 1  # one file a night: a stale listing names the old run's file
     half = len(frags) // 2
     first = [f.to_table(columns=["run_id"]) for f in frags[:half]]
     score(stored, out, client, model_path=models[1], **kw)
@@ -466,10 +466,8 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     assert f"score: {N_STAMPS} stamps" in again.stdout
     _assert_same(out, clean)
     assert set(_night(out).run_id) == {run_id}  # the resumed run kept its identity
-    # The parts finished before the kill were published as they were: not scored again.
-    published = _published_parts(out, "Y1", 20130901)
-    assert len(published) == N_PARTS
-    assert {name: published[name] for name in staged} == staged
+    # The parts finished before the kill were reused, not scored again.
+    assert f"; {len(staged)} parts resumed" in again.stdout, again.stdout
 
 
 @settings(max_examples=200, deadline=None)
