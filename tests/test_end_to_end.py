@@ -140,9 +140,9 @@ def test_edge_sizes_score(run):
         assert sink.read_manifest(run["scores"], season, night)["n_stamps"] == n_rows
         df = pd.read_parquet(run["scores"], filters=[("season", "==", season)])
         assert len(df) == n_rows and df.stamp_id.is_unique, key
-    # Two full parts for two shards' worth of stamps: no empty or short trailing part.
+    # Two shards' worth of stamps published as one file (no empty trailing file).
     parts = sorted(sink.night_dir(run["scores"], *NIGHTS["exact"][:2]).glob("part-*.parquet"))
-    assert [len(pd.read_parquet(p)) for p in parts] == [SHARD, SHARD]
+    assert [len(pd.read_parquet(p)) for p in parts] == [2 * SHARD]
     total = sum(n for *_, n in NIGHTS.values()) - NIGHTS["none"][3]
     assert len(pd.read_parquet(run["scores"])) == total  # the empty night reads as no rows
 
