@@ -97,6 +97,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         size=a.size,
         first_night=a.first_night,
         stamps_per_archive=a.stamps_per_archive,
+        real_fraction=a.real_fraction,
         progress=not a.no_progress,
     )
     print(
@@ -315,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--first-night", type=_night, default=None, help="first night YYYYMMDD")
     s.add_argument(
         "--stamps-per-archive", type=_positive_int, default=1000, help="for --format tar"
+    )
+    s.add_argument(
+        "--real-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="expected fraction of real transients (default 0.5, the training mix; a survey's "
+        "nightly stream of detections is mostly artifacts: 0.06 is like it)",
     )
     _add_progress(s)
     s.set_defaults(fn=cmd_simulate)
