@@ -257,7 +257,7 @@ def make_night(
     path = zstore.night_path(root, SEASON, night)
     fp = f"bench-gpu-{n}-{shard}-{chunk}-{len(u8)}"
     attrs = zstore.verify_night(path)
-    if attrs and attrs.get("input_fingerprint") == fp:
+    if attrs and attrs.get("night_fingerprint") == fp:
         return path, "reused (complete, same parameters)"
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -271,7 +271,7 @@ def make_night(
         masked_fraction=np.zeros(n, np.float32),
         season=SEASON,
         night=night,
-        attrs={"n_quarantined": 0, "input_fingerprint": fp, "source_format": "gif"},
+        attrs={"n_quarantined": 0, "night_fingerprint": fp, "source_format": "gif"},
         shard_stamps=shard,
         chunk_stamps=chunk,
     )

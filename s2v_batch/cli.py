@@ -1,6 +1,8 @@
 """The ``s2v`` command: simulate, ingest, train, score, report, and the Prefect flows (nightly, backfill, demo).
 
-Library errors (bad arguments, bad input as a whole) print one clear line and exit with status 2.
+Errors print one line, ``s2v <command>: error: ...``, and exit with a documented status (see
+:data:`s2v_batch.cliargs.EXAMPLES` and :mod:`s2v_batch.faults`); the details and the traceback go to the run's log file
+(:mod:`s2v_batch.runlog`), which the line names. ``s2v --debug <command>`` shows them as well.
 """
 
 from __future__ import annotations
@@ -9,82 +11,52 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-EXAMPLES = """\
-examples:
-  s2v demo                                   # simulate, ingest, score and report two nights
-  s2v simulate raw --season Y1 --nights 2 --stamps-per-night 1000 --format tar --seed 1
-  s2v ingest raw --store store --labels raw/autoscan_features.3.csv
-  s2v score store --out scores               # the shipped demo model
-  s2v report scores --out reports
-  s2v nightly --raw raw --night 20130901 --store store --out scores --reports reports
+from .cliargs import build_parser
 
-exit status: 0 done; 2 bad input or arguments (one line says which); 75 another process is
-writing the same season or night and did not finish within the wait (run again later);
-130 interrupted (run the same command again to resume).
-"""
+if TYPE_CHECKING:
+    import logging
+
+    from .faults import Fault
+    from .runlog import RunLog
 
 
-def _night(text: str) -> int:
-    from .conventions import is_night
-
-    if not is_night(text):
-        raise argparse.ArgumentTypeError(f"night must be a date YYYYMMDD, got {text!r}")
-    return int(text)
-
-
-def _season(text: str) -> str:
-    from .conventions import is_season
-
-    if not is_season(text):
-        raise argparse.ArgumentTypeError(f"season must look like SV, Y1, Y2 ..., got {text!r}")
-    return text
+def _must_exist(path: str, what: str) -> None:
+    """Refuse a missing input before a cluster or a flow starts: their start-up and shutdown
+    write to stderr, and the error must stay one line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _load_config(path: str | None, **overrides: dict[str, object]):
+    """The pipeline config of ``--config``, with the command line's settings (not None) on top."""
+    import dataclasses
 
-
-def _add_cluster(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--cluster",
-        metavar="SPEC",
-        help="Dask cluster spec: a YAML file, or the name of one in cluster/ (local, cuda, slurm, "
-        "existing); default: a LocalCluster of one worker per core on 127.0.0.1",
-    )
-
-
-def _add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def _add_lock_wait(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--lock-wait",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help=f"wait this long while another process writes the same {what}, then exit 75 "
-        "(default 3600)",
-    )
-
-
-def _load_config(path: str | None):
     from .config import PipelineConfig
 
-    return PipelineConfig.from_yaml(path) if path else PipelineConfig()
+    cfg = PipelineConfig.from_yaml(path) if path else PipelineConfig()
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            cfg = dataclasses.replace(
+                cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
+            )
+    return cfg
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
+    if a.survey != "des":  # alert packets: nights of ZTF- or Rubin-like alerts
+        from .alertsim import simulate_alerts
+
+        print(simulate_alerts(a.out, survey=a.survey, nights=a.nights, alerts_per_night=a.stamps_per_night,
+                              fmt=a.format or "archive", seed=a.seed, first_night=a.first_night or 20240101,
+                              real_fraction=a.real_fraction,
+                              progress=not a.no_progress).line())  # fmt: skip
+        return 0
     from .simulator import simulate
 
     s = simulate(
@@ -92,7 +64,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         season=a.season,
         nights=a.nights,
         stamps_per_night=a.stamps_per_night,
-        fmt=a.format,
+        fmt=a.format or "gif",
         seed=a.seed,
         size=a.size,
         first_night=a.first_night,
@@ -109,369 +81,217 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_ingest(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from .cluster import open_client
-    from .ingest import ingest
+    from .ingest import IngestError, ingest
 
-    cfg = _load_config(a.config)
-    nights = None
-    if a.night:
-        if not a.season:
-            raise SystemExit("s2v ingest: --night needs --season")
-        nights = {(a.season, n) for n in a.night}
+    cfg = _load_config(a.config, ingest={"lock_wait": a.lock_wait})
+    if a.night and not a.season:
+        raise IngestError("--night needs --season (the season the night belongs to)")
+    nights = {(a.season, n) for n in a.night} if a.night else None
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        s = ingest(
-            a.raw,
-            a.store,
-            client,
-            labels=a.labels,
-            config=cfg.ingest,
-            nights=nights,
-            progress=not a.no_progress,
-            lock_wait=a.lock_wait,
-        )
+        s = ingest(a.raw, a.store, client, labels=a.labels, config=cfg.ingest, nights=nights,
+                   progress=not a.no_progress)  # fmt: skip
     for n in s.nights:
         if n.n_quarantined:
-            print(
-                f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see quarantine-{n.night}.parquet)"
-            )
+            print(f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see {n.quarantine})")
     print(s.line())
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .store import list_nights
-    from .train import train
+    from .config import TrainConfig
+    from .store import StoreError, list_nights
 
-    stores = [r.path for s in a.store for r in list_nights(s, a.season)]
-    if not stores:
-        raise SystemExit(f"s2v train: no stored nights under {', '.join(a.store)}")
-    command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
-    data = {"description": a.data_description, "simulated": a.simulated}
-    r = train(
-        stores,
-        a.out,
+    cfg = TrainConfig(
         arch=a.arch,
         epochs=a.epochs,
         batch_size=a.batch_size,
+        learning_rate=a.learning_rate,
+        patience=a.patience,
         target_recall=a.target_recall,
         seed=a.seed,
         name=a.name,
         version=a.version,
-        learning_rate=a.learning_rate,
-        patience=a.patience,
-        progress=not a.no_progress,
-        command=command,
-        training_data=data,
     )
+    stores = [r.path for s in a.store for r in list_nights(s, a.season)]
+    if not stores:
+        raise StoreError(f"no stored nights under {', '.join(a.store)}")
+    from .train import train  # after the checks: TensorFlow's import writes to stderr
+
+    command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
+    data = {"description": a.data_description, "simulated": a.simulated}
+    r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress)
     print(f"train: {r.line()}")
     return 0
 
 
 def cmd_score(a: argparse.Namespace) -> int:
+    _must_exist(a.store, "store")
     from .cluster import open_client
-    from .config import ScoreConfig
     from .scoring import score
 
-    base = _load_config(a.config).score
-    cfg = ScoreConfig(
-        batch_size=a.batch_size or base.batch_size,
-        threshold=a.threshold if a.threshold is not None else base.threshold,
-        mixed_precision=a.mixed_precision or base.mixed_precision,
-        part_stamps=a.part_stamps or base.part_stamps,
+    cfg = _load_config(
+        a.config,
+        score={
+            "batch_size": a.batch_size,
+            "threshold": a.threshold,
+            "mixed_precision": a.mixed_precision or None,
+            "part_stamps": a.part_stamps,
+            "lock_wait": a.lock_wait,
+        },
     )
     with open_client(a.cluster) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        s = score(
-            a.store,
-            a.out,
-            client,
-            model_path=a.model,
-            season=a.season,
-            night=a.night,
-            config=cfg,
-            progress=not a.no_progress,
-            lock_wait=a.lock_wait,
-        )
+        s = score(a.store, a.out, client, model_path=a.model, season=a.season, night=a.night,
+                  config=cfg.score, progress=not a.no_progress)  # fmt: skip
     print(s.line())
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from .model import load_card
     from .report import write_reports
+    from .sink import newest_model
 
-    card = None
-    if a.model:
-        from .model import load_card
-
-        card = load_card(a.model).to_dict()
-    else:  # provenance of the newest model that scored these nights, from their manifests
-        from .sink import manifests
-
-        found = sorted(manifests(a.scores, a.season), key=lambda m: m.get("scored_at", ""))
-        if found:
-            m = found[-1]
-            card = {
-                "name": m.get("model_name"),
-                "version": m.get("model_version"),
-                "sha256": m.get("model_sha256"),
-                "training_data": m.get("training_data") or {},
-            }
-    r = write_reports(
-        a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp, model_card=card
-    )
-    print(r.line() if hasattr(r, "line") else f"report: written under {a.out}")
+    # Provenance: the model named, else the newest model that scored these nights.
+    card = load_card(a.model).to_dict() if a.model else newest_model(a.scores, a.season)
+    r = write_reports(a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp,
+                      model_card=card, store=a.store)  # fmt: skip
+    print(r.line())
     return 0
 
 
 def cmd_nightly(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from s2v_flows.nightly import nightly_flow
 
     out = nightly_flow(
-        raw=a.raw,
-        night=a.night,
-        store=a.store,
-        out=a.out,
-        reports=a.reports,
-        model=a.model,
-        cluster=a.cluster,
-        labels=a.labels,
-        season=a.season,
-        config=a.config,
-        progress=not a.no_progress,
-    )
-    print(out.get("line", out) if isinstance(out, dict) else out)
+        raw=a.raw, night=a.night, store=a.store, out=a.out, reports=a.reports, model=a.model,
+        cluster=a.cluster, labels=a.labels, season=a.season, config=a.config,
+        progress=not a.no_progress, wait_for_data=a.wait_for_data, fail_if_no_data=True,
+    )  # fmt: skip
+    print(out["line"])
     return 0
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
+    _must_exist(a.raw, "raw input")
     from s2v_flows.backfill import backfill_flow
 
     out = backfill_flow(
-        raw=a.raw,
-        store=a.store,
-        out=a.out,
-        reports=a.reports,
-        model=a.model,
-        cluster=a.cluster,
-        labels=a.labels,
-        seasons=a.season,
-        nights=a.night,
-        max_concurrency=a.max_concurrency,
-        config=a.config,
-    )
-    print(out.get("line", out) if isinstance(out, dict) else out)
-    return 0 if not (isinstance(out, dict) and out.get("failed")) else 1
+        raw=a.raw, store=a.store, out=a.out, reports=a.reports, model=a.model,
+        cluster=a.cluster, labels=a.labels, seasons=a.season, nights=a.night,
+        max_concurrency=a.max_concurrency, config=a.config,
+    )  # fmt: skip
+    print(out["line"])
+    return _backfill_status(out["failed"], a.run_log.where())
+
+
+def _backfill_status(failed: list[dict], where_log: str) -> int:
+    """0 when every night is done; a fault of the environment's status (one error line on
+    stderr, naming it); else 1 (the summary line says which nights failed and why)."""
+    from .faults import EXIT_ERROR, EXIT_USAGE
+
+    env = [f for f in failed if f.get("status", EXIT_ERROR) not in (EXIT_ERROR, EXIT_USAGE)]
+    if env:
+        first = env[0]
+        where = f"{first['season'] or '*'}/{first['night'] or '*'}"
+        more = f" (and {len(env) - 1} more night(s))" if len(env) > 1 else ""
+        print(f"s2v backfill: error: {where}{more}: {first['error']}; {where_log}", file=sys.stderr)
+        return int(first["status"])
+    return EXIT_ERROR if failed else 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from s2v_flows.demo import run_demo
 
-    out = run_demo(
-        a.workdir,
-        nights=a.nights,
-        stamps_per_night=a.stamps_per_night,
-        seed=a.seed,
-        cluster=a.cluster,
-    )
-    reports = out.get("index") or out.get("reports")
-    print(f"demo: report at {reports}")
+    out = run_demo(a.workdir, nights=a.nights, stamps_per_night=a.stamps_per_night, seed=a.seed,
+                   cluster=a.cluster)  # fmt: skip
+    print(f"demo: report at {out['index']}")
     print(
         "query the scores with pandas:\n"
-        f"  python -c \"import pandas as pd; df = pd.read_parquet('{out.get('scores')}', "
+        f"  python -c \"import pandas as pd; df = pd.read_parquet('{out['scores']}', "
         "filters=[('season', '==', 'Y1')]); print(df.groupby('night').is_candidate.mean())\""
     )
-    if out.get("line"):
-        print(out["line"])
+    print(out["line"])
     return 0
 
 
-# --------------------------------------------------------------------------- parser
+#: What each command runs.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "simulate": cmd_simulate,
+    "ingest": cmd_ingest,
+    "train": cmd_train,
+    "score": cmd_score,
+    "report": cmd_report,
+    "nightly": cmd_nightly,
+    "backfill": cmd_backfill,
+    "demo": cmd_demo,
+}
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``s2v`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="s2v",
-        description="s2v-batch: score every transient detection of a survey with a CNN. "
-        "Raw stamps (gif/fits files, tar archives) -> Zarr -> CNN scores in Parquet -> reports.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    from . import __version__
-
-    p.add_argument("--version", action="version", version=f"s2v-batch {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    s = sub.add_parser("simulate", help="write simulated DES-like stamps in the autoscan layout")
-    s.add_argument("out", help="output folder (RAW/<season>/<YYYYMMDD>/...)")
-    s.add_argument("--season", type=_season, default="Y1", help="season name (default Y1)")
-    s.add_argument("--nights", type=_positive_int, default=2, help="number of nights (default 2)")
-    s.add_argument("--stamps-per-night", type=_positive_int, default=1000, help="default 1000")
-    s.add_argument("--format", choices=["gif", "fits", "tar"], default="gif", help="default gif")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument(
-        "--size", type=_positive_int, default=51, help="stamp edge in pixels (default 51)"
-    )
-    s.add_argument("--first-night", type=_night, default=None, help="first night YYYYMMDD")
-    s.add_argument(
-        "--stamps-per-archive", type=_positive_int, default=1000, help="for --format tar"
-    )
-    s.add_argument(
-        "--real-fraction",
-        type=float,
-        default=0.5,
-        metavar="F",
-        help="expected fraction of real transients (default 0.5, the training mix; a survey's "
-        "nightly stream of detections is mostly artifacts: 0.06 is like it)",
-    )
-    _add_progress(s)
-    s.set_defaults(fn=cmd_simulate)
-
-    s = sub.add_parser("ingest", help="read raw stamps into one Zarr dataset per season/night")
-    s.add_argument(
-        "raw", help="raw root: gif/fits files and/or .tar archives under <season>/<YYYYMMDD>/"
-    )
-    s.add_argument("--store", required=True, help="Zarr store root")
-    s.add_argument(
-        "--labels", metavar="CSV", help="autoscan labels CSV (OBJECT_TYPE 0 real, 1 artifact)"
-    )
-    s.add_argument("--season", type=_season, help="with --night: only this season")
-    s.add_argument("--night", type=_night, action="append", help="only this night (repeatable)")
-    s.add_argument("--config", metavar="YAML", help="pipeline config (ingest section)")
-    _add_lock_wait(s, "season")
-    _add_cluster(s)
-    _add_progress(s)
-    s.set_defaults(fn=cmd_ingest)
-
-    s = sub.add_parser("train", help="train a model on labelled Zarr stores")
-    s.add_argument("store", nargs="+", help="Zarr store root(s) with labelled nights")
-    s.add_argument("--out", required=True, help="folder for the .keras model and its JSON card")
-    s.add_argument("--arch", default="space2vec", help="architecture name (default space2vec)")
-    s.add_argument("--season", type=_season, help="only this season's nights")
-    s.add_argument("--epochs", type=_positive_int, default=20, help="maximum epochs (default 20)")
-    s.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
-    s.add_argument("--target-recall", type=float, default=0.99, help="recall kept by the threshold")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--name", default="space2vec", help="model name in the card")
-    s.add_argument("--version", default="1", help="model version in the card")
-    s.add_argument("--learning-rate", type=float, default=1.4e-4, help="Adam (default 1.4e-4)")
-    s.add_argument("--patience", type=_positive_int, default=3, help="early-stopping epochs (3)")
-    s.add_argument(
-        "--data-description",
-        required=True,
-        metavar="TEXT",
-        help="what the training data are, for the model card (e.g. 'DES Y1 autoscan stamps')",
-    )
-    sim = s.add_mutually_exclusive_group(required=True)
-    sim.add_argument(
-        "--simulated",
-        dest="simulated",
-        action="store_true",
-        help="the training stamps are simulated (reports will say so)",
-    )
-    sim.add_argument(
-        "--survey-data",
-        dest="simulated",
-        action="store_false",
-        help="the training stamps are real survey data",
-    )
-    _add_progress(s)
-    s.set_defaults(fn=cmd_train)
-
-    s = sub.add_parser("score", help="score stored stamps into hive-partitioned Parquet")
-    s.add_argument("store", help="Zarr store root")
-    s.add_argument("--model", help="model .keras or card .json (default: the shipped demo model)")
-    s.add_argument("--out", required=True, help="Parquet scores root")
-    s.add_argument("--season", type=_season, help="only this season")
-    s.add_argument("--night", type=_night, help="only this night")
-    s.add_argument("--threshold", type=float, help="override the model card's threshold")
-    s.add_argument("--batch-size", type=_positive_int, help="stamps per model call (default 512)")
-    s.add_argument(
-        "--part-stamps",
-        type=_positive_int,
-        help="stamps per scoring task and Parquet part (default 2048; configs/gpu.yaml: 32768)",
-    )
-    s.add_argument("--mixed-precision", action="store_true", help="bf16 compute (for GPUs)")
-    s.add_argument(
-        "--config", metavar="YAML", help="pipeline config (score section; GPUs: configs/gpu.yaml)"
-    )
-    _add_lock_wait(s, "night's scores")
-    _add_cluster(s)
-    _add_progress(s)
-    s.set_defaults(fn=cmd_score)
-
-    s = sub.add_parser("report", help="per-season and per-night reports (JSON, HTML, PNG)")
-    s.add_argument("scores", help="Parquet scores root")
-    s.add_argument("--out", required=True, help="reports folder")
-    s.add_argument("--season", type=_season, help="only this season")
-    s.add_argument("--seconds-per-stamp", type=float, default=0.5, help="human time a stamp (0.5)")
-    s.add_argument("--model", help="model card for provenance (default: from the scores)")
-    s.set_defaults(fn=cmd_report)
-
-    for name, fn, helptext in (
-        (
-            "nightly",
-            cmd_nightly,
-            "run the nightly Prefect flow for one night: ingest, score, report",
-        ),
-        ("backfill", cmd_backfill, "run the backfill Prefect flow over every season and night"),
-    ):
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("--raw", required=True, help="raw root")
-        if name == "nightly":
-            s.add_argument("--night", type=_night, required=True, help="the night YYYYMMDD")
-            s.add_argument("--season", type=_season, help="the season (default: from the path)")
-        else:
-            s.add_argument("--season", type=_season, action="append", help="only these seasons")
-            s.add_argument("--night", type=_night, action="append", help="only these nights")
-            s.add_argument(
-                "--max-concurrency", type=_positive_int, default=2, help="nights at once"
-            )
-        s.add_argument("--store", required=True, help="Zarr store root")
-        s.add_argument("--out", required=True, help="Parquet scores root")
-        s.add_argument("--reports", required=True, help="reports folder")
-        s.add_argument("--model", help="model artifact (default: the shipped demo model)")
-        s.add_argument(
-            "--labels", metavar="CSV", help="labels CSV (default RAW/autoscan_features.3.csv)"
-        )
-        s.add_argument("--config", metavar="YAML", help="pipeline config file")
-        _add_cluster(s)
-        if name == "nightly":
-            _add_progress(s)
-        s.set_defaults(fn=fn)
-
-    s = sub.add_parser("demo", help="simulate two nights and run the nightly flow on them")
-    s.add_argument("--workdir", default="demo-output", help="where everything goes (demo-output)")
-    s.add_argument("--nights", type=_positive_int, default=2, help="default 2")
-    s.add_argument("--stamps-per-night", type=_positive_int, default=2000, help="default 2000")
-    s.add_argument("--seed", type=int, default=7, help="default 7")
-    _add_cluster(s)
-    s.set_defaults(fn=cmd_demo)
-    return p
+#: Modules a command imports anyway, imported before the run log takes over the terminal so that
+#: the log handlers they set up on import write to the log file (distributed's worker errors,
+#: Prefect's flow-run logs), not to the terminal.
+_PRELOAD = {
+    "ingest": ("distributed",),
+    "score": ("distributed",),
+    "nightly": ("distributed", "prefect"),
+    "backfill": ("distributed", "prefect"),
+    "demo": ("distributed", "prefect"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``s2v`` command."""
-    from .fsutil import StoreBusyError
+    import logging
+
+    from . import faults
+    from .runlog import run_log
 
     # Quiet start-up chatter in this process and the workers it spawns: progress bars and the
     # summary line are the output. Must be set before TensorFlow or distributed are imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = build_parser().parse_args(argv)
-    fn: Callable[[argparse.Namespace], int] = args.fn
-    try:
-        return fn(args)
-    except KeyboardInterrupt:
-        print("s2v: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"s2v {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except StoreBusyError as exc:  # transient: EX_TEMPFAIL tells a wrapper to try again later
-        print(f"s2v {args.command}: busy: {exc}", file=sys.stderr)
-        return 75
+    fn: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    words = list(sys.argv[1:] if argv is None else argv)
+    with run_log(args.command, divert=not args.debug, preload=_PRELOAD.get(args.command, ())) as rl:
+        args.run_log = rl
+        log = logging.getLogger("s2v")
+        log.info("s2v %s (pid %d)", " ".join(words), os.getpid())
+        try:
+            status = fn(args)
+            log.info("exit status %d", status)
+            return status
+        except Exception as exc:
+            status = _report(args, exc, rl, faults.classify(exc), log)
+        except KeyboardInterrupt:
+            log.info("interrupted", exc_info=True)
+            print("s2v: interrupted; re-run the same command to resume", file=sys.stderr)
+            return faults.EXIT_INTERRUPTED
+    return status
+
+
+def _report(
+    args: argparse.Namespace, exc: BaseException, rl: RunLog, fault: Fault, log: logging.Logger
+) -> int:
+    """Print the one error line of a failed command (the traceback only with --debug)."""
+    import traceback
+
+    from . import faults
+
+    log.error("%s: %s (exit status %d)", fault.kind, fault.message, fault.status, exc_info=exc)
+    if args.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if fault.kind == "busy":  # transient: EX_TEMPFAIL tells a wrapper to try again later
+        print(f"s2v {args.command}: busy: {fault.message}", file=sys.stderr)
+    elif fault.status == faults.EXIT_USAGE:
+        print(f"s2v {args.command}: error: {fault.message}", file=sys.stderr)
+    else:
+        print(f"s2v {args.command}: error: {fault.message}; {rl.where()}", file=sys.stderr)
+    return fault.status
 
 
 if __name__ == "__main__":

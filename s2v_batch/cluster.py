@@ -2,14 +2,17 @@
 
 Kinds: ``local`` (``distributed.LocalCluster``, the default), ``cuda``
 (``dask_cuda.LocalCUDACluster``, one worker per GPU), ``slurm`` (``dask_jobqueue.SLURMCluster``,
-one GPU per job, adaptive) and ``address`` (attach to a running scheduler). Every service binds
-to loopback unless a spec says otherwise.
+one worker per job, adaptive) and ``address`` (attach to a running scheduler, over TLS when the
+spec names its certificate files). Every service binds to loopback unless a spec says otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,17 @@ from typing import Any
 
 import yaml
 
+from . import resources
+from .faults import ClusterUnavailableError, classify
+
 KINDS = ("local", "cuda", "slurm", "address")
+#: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
+ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ucxx|ws|wss|inproc)://")
+
+#: Options of an ``address`` spec: the scheduler, and the client's TLS files (Dask's
+#: ``--tls-ca-file``, ``--tls-cert``, ``--tls-key``).
+ADDRESS_OPTIONS = ("address", "ca_file", "cert", "key")
+TLS_FILES = ("ca_file", "cert", "key")
 
 
 class ClusterError(ValueError):
@@ -29,8 +42,11 @@ class ClusterSpec:
     """A validated cluster spec.
 
     kind: one of ``local``, ``cuda``, ``slurm``, ``address``. options: keyword arguments for the
-    cluster class (for ``address``: ``address``). worker_env: environment for worker processes.
-    scale: ``{"jobs": N}`` or ``{"adapt": {"minimum_jobs": a, "maximum_jobs": b}}`` (slurm).
+    cluster class; for ``address``: ``address`` and, for a TLS scheduler, ``ca_file`` (the CA
+    that signed the scheduler's certificate), ``cert`` and ``key`` (the client's certificate and
+    key; ``key`` may be left out when ``cert`` holds both). worker_env: environment for worker
+    processes. scale: ``{"jobs": N}`` or ``{"adapt": {"minimum_jobs": a, "maximum_jobs": b, ...}}``
+    (slurm; further keys go to ``distributed.Adaptive``).
     """
 
     kind: str = "local"
@@ -42,23 +58,61 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ClusterError(f"unknown cluster kind {self.kind!r}; expected one of {KINDS}")
-        if self.kind == "address" and not self.options.get("address"):
-            raise ClusterError("an 'address' spec needs options.address (tcp://host:port)")
+        if self.kind == "address":
+            _check_address_options(self.options)
+
+
+def _check_address_options(opts: dict[str, Any]) -> None:
+    address = opts.get("address")
+    if not address or not isinstance(address, str):
+        raise ClusterError("an 'address' spec needs options.address (tcp://host:port)")
+    unknown = set(opts) - set(ADDRESS_OPTIONS)
+    if unknown:
+        raise ClusterError(
+            f"an 'address' spec takes options {ADDRESS_OPTIONS}, not {sorted(unknown)}"
+        )
+    given = [k for k in TLS_FILES if opts.get(k)]
+    if not given:
+        return
+    if not address.startswith("tls://"):
+        raise ClusterError(f"TLS files are given, so the address must be tls://..., not {address}")
+    if "ca_file" not in given or "cert" not in given:
+        raise ClusterError("a TLS 'address' spec needs options.ca_file and options.cert (and key)")
+    for k in given:
+        if not Path(opts[k]).is_file():
+            raise ClusterError(f"TLS file options.{k} = {opts[k]} does not exist")
+
+
+def _resolve_paths(opts: dict[str, Any], base: Path) -> dict[str, Any]:
+    """TLS file paths of a spec, relative to the spec's folder (``~`` and ``$VARS`` expanded)."""
+    opts = dict(opts)
+    for k in TLS_FILES:
+        if opts.get(k):
+            p = Path(os.path.expandvars(str(opts[k]))).expanduser()
+            opts[k] = str(p if p.is_absolute() else (base / p).resolve())
+    return opts
 
 
 def load_spec(path: str | Path | None) -> ClusterSpec:
-    """Read a spec file; ``None`` gives the default local cluster sized to this machine."""
+    """Read a cluster spec; ``None`` gives the default local cluster sized to this machine.
+
+    Parameters
+    ----------
+    path : str, path or None
+        A spec file, or the name of a shipped spec (``local``, ``local.yaml``,
+        ``cluster/local.yaml``): an existing file wins (see :mod:`s2v_batch.resources`).
+
+    Raises
+    ------
+    ClusterError
+        A spec that does not exist (the message lists the shipped names) or cannot be used.
+    """
     if path is None:
         return default_local_spec()
-    path = Path(path)
-    if not path.is_file():
-        bundled = Path(__file__).resolve().parent.parent / "cluster" / f"{path}"
-        for cand in (bundled, bundled.with_suffix(".yaml")):
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            raise ClusterError(f"cluster spec {path} does not exist (see the cluster/ folder)")
+    try:
+        path = resources.find(resources.CLUSTER_SPECS, path)
+    except resources.ResourceNotFoundError as exc:
+        raise ClusterError(str(exc)) from None
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -71,7 +125,7 @@ def load_spec(path: str | Path | None) -> ClusterSpec:
     env = {str(k): str(v) for k, v in (data.get("worker_env") or {}).items()}
     return ClusterSpec(
         kind=data.get("kind", "local"),
-        options=dict(data.get("options") or {}),
+        options=_resolve_paths(dict(data.get("options") or {}), path.parent),
         worker_env=env,
         scale=dict(data.get("scale") or {}),
         name=str(path),
@@ -90,12 +144,17 @@ def default_local_spec() -> ClusterSpec:
 def cpu_worker_env(threads: int) -> dict[str, str]:
     """Environment of a plain CPU worker: TensorFlow's thread settings (read at start-up, before
     its first op) and no GPU. On a GPU host every CPU worker would otherwise open the card (JAX
-    preallocates 75% of its memory in the first one); the ``cuda`` kind is for GPUs."""
+    preallocates 75% of its memory in the first one); the ``cuda`` kind is for GPUs.
+
+    Each of the worker's ``threads`` runs one task, and each task's model call runs on one core:
+    one intra-op thread (no barrier between halves of every operation, which a busy core stalls)
+    and one inter-op thread per task thread, so the tasks' calls run side by side.
+    """
     t = str(max(1, threads))
     return {
-        "TF_NUM_INTRAOP_THREADS": t,
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": t,
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": t,
+        "OMP_NUM_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "JAX_PLATFORMS": "cpu",
@@ -149,10 +208,15 @@ def make_cluster(spec: ClusterSpec):
             env.setdefault("KERAS_BACKEND", os.environ["KERAS_BACKEND"])
         return LocalCUDACluster(env=env, **opts)
     if spec.kind == "slurm":
-        from dask_jobqueue import SLURMCluster
-
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ClusterError(f"dask-jobqueue is not installed ({exc})") from None
         opts = _slurm_options(opts, spec.worker_env)
-        cluster = SLURMCluster(**opts)
+        try:
+            cluster = SLURMCluster(**opts)
+        except (TypeError, ValueError) as exc:  # an option the class does not take
+            raise ClusterError(f"cluster spec {spec.name}: {exc}") from None
         if "adapt" in spec.scale:
             cluster.adapt(**spec.scale["adapt"])
         elif "jobs" in spec.scale:
@@ -161,13 +225,90 @@ def make_cluster(spec: ClusterSpec):
     raise ClusterError(f"cannot start a cluster of kind {spec.kind!r}")
 
 
+def _wants_gpu(opts: dict[str, Any]) -> bool:
+    directives = " ".join(str(d) for d in opts.get("job_extra_directives") or [])
+    return "gpu" in directives
+
+
 def _slurm_options(opts: dict[str, Any], worker_env: dict[str, str]) -> dict[str, Any]:
+    """SLURMCluster keyword arguments: the worker environment becomes ``export`` lines.
+
+    A job that asks for no GPU gets the CPU worker environment (:func:`cpu_worker_env`, one
+    TensorFlow thread per core of its worker) under the spec's own ``worker_env``.
+    """
     opts = dict(opts)
+    env = dict(worker_env)
+    if not _wants_gpu(opts):
+        cores = int(opts.get("cores", 1))
+        threads = max(1, cores // max(1, int(opts.get("processes", 1))))
+        env = {**cpu_worker_env(threads), **env}
+    if "KERAS_BACKEND" in os.environ:
+        env.setdefault("KERAS_BACKEND", os.environ["KERAS_BACKEND"])
     prologue = list(opts.pop("job_script_prologue", []) or [])
-    prologue += [f"export {k}={v}" for k, v in worker_env.items()]
+    prologue += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if prologue:
         opts["job_script_prologue"] = prologue
     return opts
+
+
+def security_of(spec: ClusterSpec) -> Any:
+    """The ``distributed.Security`` of an ``address`` spec with TLS files (None without them).
+
+    Encryption is required: with these credentials the client never falls back to plain TCP.
+    """
+    opts = spec.options
+    if spec.kind != "address" or not opts.get("ca_file"):
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=opts["ca_file"],
+        tls_client_cert=opts["cert"],
+        tls_client_key=opts.get("key") or None,
+        require_encryption=True,
+    )
+
+
+def _connect(spec: ClusterSpec) -> Any:
+    """A client on the scheduler of an ``address`` spec; a refusal becomes one ClusterError."""
+    import dask
+    from distributed import Client
+
+    address = spec.options["address"]
+    security = security_of(spec)
+    if (
+        address.startswith("tls://")
+        and security is None
+        and not dask.config.get("distributed.comm.tls.ca-file", None)
+    ):
+        raise ClusterError(
+            f"the scheduler at {address} speaks TLS: give the spec's options ca_file, cert and "
+            "key (or set distributed.comm.tls in Dask's configuration)"
+        )
+    try:
+        return Client(address, security=security)
+    except (OSError, TimeoutError, TypeError, ValueError) as exc:
+        # OSError: refused, unreachable, or a TLS handshake that failed (a certificate the other
+        # side does not trust); TypeError/ValueError: TLS settings that cannot be used.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = re.sub(r"^in <[^>]*>: ", "", reason)  # distributed's "in <TLS (closed) ...>: "
+        answered = (
+            isinstance(exc, TypeError | ValueError)
+            or "SSL" in reason
+            or "certificate" in reason.lower()
+            or "reset by peer" in reason
+        )
+        if not answered:  # nothing listens there, or the network does not reach it: transient
+            raise ClusterUnavailableError(address, reason, lost=False) from exc
+        # Something answered but refused us: the spec's security does not fit (bad input).
+        hint = (
+            "check the spec's ca_file, cert and key"
+            if address.startswith("tls://")
+            else "is the scheduler running, and does it speak plain tcp://?"
+        )
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address}: {reason} ({hint})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -176,8 +317,10 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
 
     Parameters
     ----------
-    spec : ClusterSpec, path or None
-        A spec, a spec file (or the name of one in ``cluster/``), or None for the local default.
+    spec : ClusterSpec, path, address or None
+        A spec, a spec file (or the name of a shipped one: ``local``, ``slurm``...), a running
+        scheduler's address (``tcp://host:port``: attached to and left running), or None for the
+        local default.
 
     Yields
     ------
@@ -185,15 +328,40 @@ def open_client(spec: ClusterSpec | str | Path | None = None) -> Iterator[Any]:
     """
     from distributed import Client
 
+    if isinstance(spec, str) and ADDRESS_RE.match(spec):
+        spec = ClusterSpec(kind="address", options={"address": spec}, name=spec)
     if not isinstance(spec, ClusterSpec):
         spec = load_spec(spec)
     if spec.kind == "address":
-        with Client(spec.options["address"]) as client:
+        client = _connect(spec)
+        with client, _scheduler_loss(spec.options["address"]):
             yield client
         return
     cluster = make_cluster(spec)
     try:
-        with Client(cluster) as client:
+        with Client(cluster) as client, _scheduler_loss(cluster.scheduler_address):
             yield client
     finally:
-        cluster.close()
+        try:
+            cluster.close()
+        except TimeoutError as exc:
+            # The work is done; a worker slow to exit on a loaded machine (its nanny kills it
+            # after a few seconds) must not turn a finished run into a failed one.
+            logging.getLogger(__name__).warning("the Dask cluster was slow to close: %s", exc)
+
+
+@contextlib.contextmanager
+def _scheduler_loss(address: str) -> Iterator[None]:
+    """Say which scheduler was lost when the work in the block fails because it went away."""
+    try:
+        yield
+    except Exception as exc:
+        if classify(exc).kind == "scheduler-lost" and not isinstance(exc, ClusterUnavailableError):
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            raise ClusterUnavailableError(address, reason, lost=True) from exc
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import resources
 from .conventions import STAMP_SIZE
+from .model.artifact import ModelArtifactError, check_name
 
 
 class ConfigError(ValueError):
@@ -20,52 +23,130 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _seconds(name: str, value: float) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and 0 <= value < float("inf")):
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """How ingest cuts and stores work.
 
-    stamp_size: stamp edge in pixels (51 for DES). unit_stamps: loose stamps per decode task.
+    stamp_size: stamp edge in pixels (51 for DES); ztf_stamp_size, rubin_stamp_size: the alert
+    surveys' (see ``size_for``). unit_stamps: loose stamps (or alert files) per decode task.
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
+    lock_wait: seconds to wait for another writer of the same season. float_encoding: how float
+    (FITS) stamps are stored, ``lossless`` or ``bitround-K`` (:mod:`s2v_batch.encoding`; uint8
+    stamps are always lossless).
     """
 
     stamp_size: int = STAMP_SIZE
+    #: Stamp edge of ZTF alerts (their cut-outs are 63x63; others are quarantined).
+    ztf_stamp_size: int = 63
+    #: Stamp edge Rubin cut-outs (of varying size) are centre-cropped or padded to.
+    rubin_stamp_size: int = 63
     unit_stamps: int = 2048
     shard_stamps: int = 4096
     chunk_stamps: int = 256
+    #: Seconds to wait while another process ingests the same season (then StoreBusyError).
+    lock_wait: float = 3600.0
+    float_encoding: str = "lossless"
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _positive(f.name, getattr(self, f.name))
+        from .encoding import EncodingError, keepbits
+
+        try:
+            keepbits(self.float_encoding)
+        except EncodingError as exc:
+            raise ConfigError(f"float_encoding: {exc}") from None
+        for name in (
+            "stamp_size",
+            "ztf_stamp_size",
+            "rubin_stamp_size",
+            "unit_stamps",
+            "shard_stamps",
+            "chunk_stamps",
+        ):
+            _positive(name, getattr(self, name))
+        _seconds("lock_wait", self.lock_wait)
         if self.shard_stamps % self.chunk_stamps:
             raise ConfigError("shard_stamps must be a multiple of chunk_stamps")
+
+    def size_for(self, survey: str) -> int:
+        """The stamp edge of a survey's stamps: ``des`` (``stamp_size``), ``ztf``, ``rubin``."""
+        return {"ztf": self.ztf_stamp_size, "rubin": self.rubin_stamp_size}.get(
+            survey, self.stamp_size
+        )
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), and
-    stamps per task (one Parquet part each: small enough that every worker gets several)."""
+    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), stamps
+    per task (one Parquet part each: small enough that every worker gets several), and seconds
+    to wait for another writer of the same night."""
 
     batch_size: int = 512
     threshold: float | None = None
     mixed_precision: bool = False
     part_stamps: int = 2048
+    #: Seconds to wait while another process scores the same night (then StoreBusyError).
+    lock_wait: float = 3600.0
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
         _positive("part_stamps", self.part_stamps)
+        _seconds("lock_wait", self.lock_wait)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Report settings: seconds a human needs per stamp (DESIGN.md section 3)."""
+    """Report settings.
+
+    seconds_per_stamp: seconds a human needs per stamp (DESIGN.md section 3).
+    gallery_top, gallery_threshold, gallery_false_positives, gallery_false_negatives: stamps in
+    each gallery of a season page (top candidates by score, candidates closest to the threshold,
+    highest-scored false positives, lowest-scored false negatives); 0 turns a gallery off.
+    night_gallery: stamps in each gallery of a night page. At most 400 stamps are drawn for a
+    season page (they are read from the store, a few at a time).
+    flag_mads: a night is flagged when its candidate fraction is outside the season's median
+    +- this many MADs (MAD floored at the night's binomial noise).
+    """
 
     seconds_per_stamp: float = 0.5
+    gallery_top: int = 16
+    gallery_threshold: int = 16
+    gallery_false_positives: int = 16
+    gallery_false_negatives: int = 16
+    night_gallery: int = 4
+    flag_mads: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.seconds_per_stamp > 0:
             raise ConfigError("seconds_per_stamp must be > 0")
+        sizes = self.gallery_sizes()
+        for name, value in [*sizes.items(), ("night_gallery", self.night_gallery)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if sum(sizes.values()) > 400 or self.night_gallery > 100:
+            raise ConfigError(
+                "galleries are for looking at: at most 400 stamps on a season page "
+                f"(got {sum(sizes.values())}) and 100 a gallery on a night page "
+                f"(got {self.night_gallery})"
+            )
+        if not (isinstance(self.flag_mads, int | float) and self.flag_mads > 0):
+            raise ConfigError(f"flag_mads must be a number > 0, got {self.flag_mads!r}")
+
+    def gallery_sizes(self) -> dict[str, int]:
+        """Stamps per season gallery, by gallery kind."""
+        return {
+            "gallery_top": self.gallery_top,
+            "gallery_threshold": self.gallery_threshold,
+            "gallery_false_positives": self.gallery_false_positives,
+            "gallery_false_negatives": self.gallery_false_negatives,
+        }
 
 
 @dataclass(frozen=True)
@@ -104,10 +185,13 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        """Read and validate a YAML config file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        """Read and validate a YAML config: a file, or the name of a shipped config (``gpu``,
+        ``gpu.yaml``, ``configs/gpu.yaml``); an existing file wins (see :mod:`s2v_batch.resources`).
+        """
+        try:
+            path = resources.find(resources.PIPELINE_CONFIGS, path)
+        except resources.ResourceNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -115,3 +199,52 @@ class PipelineConfig:
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
         return cls.from_mapping(data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (:func:`s2v_batch.train.train`); not part of a pipeline run.
+
+    arch: architecture name (``space2vec``, ``vgg6``; checked by ``train`` against the
+    registry). epochs: most epochs (early stopping may end sooner). batch_size: training batch
+    (the published space2vec used 368). learning_rate: Adam's (1.4e-4 as published). patience:
+    epochs without a better validation loss before stopping, the best weights kept.
+    target_recall: recall on the validation reals that the threshold keeps (0.99 as published).
+    seed: seeds weights, order, augmentation and dropout. name, version: of the artifact (its
+    file names). shuffle_window: stamps shuffled together (about 31 kB a 51x51 stamp, two
+    windows held). The ``repr`` is valid Python, so a card can record the call that made it.
+    """
+
+    arch: str = "space2vec"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1.4e-4
+    patience: int = 3
+    target_recall: float = 0.99
+    seed: int = 0
+    name: str = "space2vec"
+    version: str = "1"
+    shuffle_window: int = 2048
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ConfigError(f"arch must be an architecture name, got {self.arch!r}")
+        for name in ("epochs", "batch_size", "shuffle_window"):
+            _positive(name, getattr(self, name))
+        for name in ("patience", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("learning_rate", "target_recall"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not 0.0 < self.learning_rate < math.inf:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ConfigError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        try:  # refused now rather than after hours of training, when the files are written
+            check_name(self.name, "name")
+            check_name(self.version, "version")
+        except ModelArtifactError as exc:
+            raise ConfigError(str(exc)) from None

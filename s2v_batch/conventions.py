@@ -15,7 +15,15 @@ LABEL_REAL = 1
 LABEL_ARTIFACT = 0
 LABEL_UNKNOWN = -1
 
+#: DES seasons (``SV``, ``Y1`` ... ``Y6``): what the DES simulator writes.
 SEASON_RE = re.compile(r"^(SV|Y[0-9]+)$")
+#: Alert surveys' seasons: the survey's name and the year of the night (``ZTF2024``,
+#: ``RUBIN2026``); the survey decides the stamp size and the alert fields kept.
+ALERT_SEASON_RE = re.compile(r"^(ZTF|RUBIN)((?:19|20)[0-9]{2})$")
+#: Any season name (what a ``<season>`` folder, a store folder and ``--season`` may be).
+ANY_SEASON_RE = re.compile(r"^(SV|Y[0-9]+|(?:ZTF|RUBIN)(?:19|20)[0-9]{2})$")
+#: The surveys s2v-batch reads, by the name commands use.
+SURVEYS: tuple[str, str, str] = ("des", "ztf", "rubin")
 NIGHT_RE = re.compile(r"^(19|20)[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])$")
 
 
@@ -51,8 +59,33 @@ def label_to_object_type(label: np.ndarray) -> np.ndarray:
 
 
 def is_season(name: str) -> bool:
-    """True when ``name`` looks like a DES season (``SV``, ``Y1`` ...)."""
-    return bool(SEASON_RE.match(name))
+    """True when ``name`` is a season: DES ``SV``, ``Y1`` ..., or an alert survey's year
+    (``ZTF2024``, ``RUBIN2026``)."""
+    return bool(ANY_SEASON_RE.match(name))
+
+
+def survey_of_season(season: str) -> str:
+    """The survey a season belongs to: ``des``, ``ztf`` or ``rubin``.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a season.
+    """
+    m = ALERT_SEASON_RE.match(season)
+    if m:
+        return m.group(1).lower()
+    if SEASON_RE.match(season):
+        return "des"
+    raise ValueError(f"{season!r} is not a season (SV, Y1 ..., ZTF2024, RUBIN2026 ...)")
+
+
+def alert_season(survey: str, night: int) -> str:
+    """The season of an alert survey's night: the survey's name and the night's year
+    (``alert_season("ztf", 20240131) == "ZTF2024"``)."""
+    if survey not in ("ztf", "rubin"):
+        raise ValueError(f"not an alert survey: {survey!r}")
+    return f"{survey.upper()}{int(night) // 10000}"
 
 
 def is_night(name: str) -> bool:

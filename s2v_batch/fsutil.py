@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import sys
@@ -60,18 +61,51 @@ def replace_dir(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def tmp_name(path: Path) -> Path:
+def tmp_name(path: str | os.PathLike[str]) -> Path:
     """A process-unique temporary sibling of ``path`` (dot-prefixed: readers ignore it)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file under a temporary name and rename it onto ``path`` when the block succeeds.
+
+    Readers see the old file or the whole new one, never half of it; on an error the temporary
+    file is removed and ``path`` is left as it was.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary sibling to write (see :func:`tmp_name`).
+    """
+    from .faults import writing
+
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        with writing(path):  # a full disk's error names the file (pyarrow and zarr name none)
+            yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # on a read-only or vanished folder there is none
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """``<absolute path>:<size>:<mtime in ns>`` of a file: what a fingerprint of it is made of.
+
+    Cheap (one ``stat``) and changes whenever the file is rewritten, replaced or touched.
+    """
+    p = Path(path)
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 class StoreBusyError(RuntimeError):
@@ -127,7 +161,7 @@ def exclusive(
                     if time.monotonic() >= deadline:
                         raise StoreBusyError(
                             f"{what} is being written by another process ({holder}); "
-                            "run again when it has finished"
+                            + _holder_advice(holder, path)
                         ) from None
                     if log is not None and pause == 0.05:
                         log(f"waiting for {what}: written by another process ({holder})")
@@ -135,11 +169,39 @@ def exclusive(
                     pause = min(pause * 2, 2.0)
             stamp = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
             note = f"host {socket.gethostname()} pid {os.getpid()} since {stamp}"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode(), 0)
+            except OSError:
+                pass  # the note only informs; a full disk is reported by the writes it guards
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_HOLDER_RE = re.compile(r"host (\S+) pid (\d+)")
+
+
+def _holder_advice(holder: str, lock: Path) -> str:
+    """What to do about a lock's holder: wait, or, when the process that took it has gone (a
+    child it forked still holds the lock), find and stop the holder."""
+    m = _HOLDER_RE.search(holder)
+    if m and m.group(1) == socket.gethostname() and not _pid_alive(int(m.group(2))):
+        return (
+            f"that process has exited but the lock is still held, by a process it started: find "
+            f"it with `fuser -v {lock}` and stop it, then run again"
+        )
+    return "run again when it has finished"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -3,48 +3,39 @@
 Per night, in two parallel phases:
 
 1. *stage*: one task per unit (a tar archive, or a few thousand loose stamps) decodes and validates
-   its stamps and saves them to ``STORE/<season>/.staging-<night>-<fingerprint>/`` (a ``.npy`` of
+   its stamps and saves them in the night's staging folder (``store.staging_dir``: a ``.npy`` of
    pixels and a ``.meta.npz`` written last, both through a rename). A re-run reuses staged units.
 2. *assemble*: after season-wide duplicate IDs are quarantined and labels joined on the client
    (IDs only: 8 bytes a stamp), one task per output shard copies its stamps from the staged units
-   into ``.<night>.zarr.partial``; the finished dataset is verified, then renamed into place.
+   into the night's partial dataset; the finished dataset is verified, then renamed into place.
 
-Every stamp found is stored or written to ``quarantine-<night>.parquet`` with a reason.
+Every stamp found is stored or written to the night's quarantine table with a reason. A night
+that is already current (``store.current_night``) is skipped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import store as zstore
 from .config import IngestConfig
-from .fsutil import exclusive_all, replace_dir, tmp_name
+from .conventions import survey_of_season
+from .faults import ensure_free_space, human_bytes
+from .fsutil import atomic_path, exclusive_all, replace_dir
 from .labels import Labels, read_labels
-from .stamps import Unit, discover, read_unit
+from .rawtree import Discovery, discover
+from .staging import assemble_shard, night_bytes, plan_shards, stage_unit, staged_files
+from .surveys import alert_columns, get_survey
 
-#: Bumped when the stored layout changes, so finished nights are re-ingested.
-FORMAT_VERSION = "1"
-
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("stamp_id", pa.int64()),
-        ("season", pa.string()),
-        ("night", pa.int64()),
-        ("path", pa.string()),
-        ("reason", pa.string()),
-    ]
-)
+#: Bytes kept free beyond the estimate: quarantine tables, metadata, the lock file.
+SPACE_MARGIN = 1 << 20
 
 
 class IngestError(ValueError):
@@ -62,6 +53,26 @@ class NightResult:
     n_stored: int
     n_quarantined: int
     path: Path
+    quarantine: Path
+    night_fingerprint: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready summary (paths as strings)."""
+        return {
+            "season": self.season,
+            "night": self.night,
+            "status": self.status,
+            "n_found": self.n_found,
+            "n_stored": self.n_stored,
+            "n_quarantined": self.n_quarantined,
+            "path": str(self.path),
+            "quarantine": str(self.quarantine),
+            "night_fingerprint": self.night_fingerprint,
+        }
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.season, self.night
 
 
 @dataclass
@@ -85,6 +96,10 @@ class IngestSummary:
     def n_quarantined(self) -> int:
         return sum(n.n_quarantined for n in self.nights) + self.n_unplaced
 
+    def night(self, season: str, night: int) -> NightResult:
+        """The result of one night of this run."""
+        return next(n for n in self.nights if n.key == (season, int(night)))
+
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         done = sum(n.status == "ingested" for n in self.nights)
@@ -103,104 +118,36 @@ class IngestSummary:
         )
 
 
-# --------------------------------------------------------------------------- worker functions
+@dataclass
+class NightAssembly:
+    """A night being assembled: its partial dataset, shard tasks and quarantine records."""
 
-
-def stage_unit(unit: Unit, staging: str, size: int) -> dict:
-    """Decode one unit into the staging folder (or reuse it there); return its IDs and quarantine.
-
-    Runs on a worker. The returned dict is small: IDs, source paths and quarantine records.
-    """
-    base = Path(staging) / unit.name
-    meta_path = base.with_suffix(".meta.npz")
-    if meta_path.is_file():
-        try:
-            return _load_meta(meta_path)
-        except Exception:
-            pass  # a damaged staged unit is simply decoded again
-    data = read_unit(unit, size)
-    npy = base.with_suffix(".npy")
-    tmp = tmp_name(npy)
-    with open(tmp, "wb") as f:
-        np.save(f, data.pixels)
-    os.replace(tmp, npy)
-    meta = {
-        "stamp_id": data.stamp_id,
-        "masked_fraction": data.masked_fraction,
-        "paths": np.asarray(data.paths, dtype=object).astype(str),
-        "quarantine": np.asarray(json.dumps(data.quarantine)),
-        "n_found": np.asarray(data.n_found),
-        "dtype": np.asarray(str(data.pixels.dtype)),
-    }
-    tmp = tmp_name(meta_path)
-    with open(tmp, "wb") as f:
-        np.savez(f, **meta)
-    os.replace(tmp, meta_path)
-    return _load_meta(meta_path)
-
-
-def _load_meta(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        out = {
-            "stamp_id": z["stamp_id"],
-            "masked_fraction": z["masked_fraction"],
-            "paths": z["paths"].tolist(),
-            "quarantine": json.loads(str(z["quarantine"])),
-            "n_found": int(z["n_found"]),
-            "dtype": str(z["dtype"]),
-            "npy": str(path.with_name(path.name.replace(".meta.npz", ".npy"))),
-        }
-    if len(out["stamp_id"]) != len(out["paths"]):
-        raise ValueError("inconsistent staged unit")
-    return out
-
-
-def assemble_shard(dest: str, start: int, pieces: list[tuple[str, np.ndarray]]) -> int:
-    """Copy the kept rows of staged units into the shard that starts at ``start``; return its size.
-
-    ``pieces`` are ``(npy path, row indices)`` in output order. Runs on a worker.
-    """
-    parts = [np.load(npy, mmap_mode="r")[rows] for npy, rows in pieces]
-    pixels = np.concatenate(parts) if parts else np.zeros((0,))
-    zstore.write_stamps(dest, start, pixels)
-    return len(pixels)
+    season: str
+    night: int
+    night_fp: str
+    staging: Path
+    partial: Path
+    final: Path
+    shards: list[tuple[int, list[tuple[str, np.ndarray]]]]
+    quarantine: list[dict[str, Any]]
+    n_found: int
+    stamp_id: np.ndarray
 
 
 # --------------------------------------------------------------------------- the driver
 
 
-def night_fingerprint(input_fp: str, labels: Labels | None, cfg: IngestConfig) -> str:
-    """What a finished night must match to be skipped: inputs, labels, stamp size, format."""
-    h = hashlib.sha256()
-    for part in (
-        input_fp,
-        labels.fingerprint if labels else "",
-        str(cfg.stamp_size),
-        FORMAT_VERSION,
-    ):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()
-
-
-def _write_quarantine(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
-    tmp = tmp_name(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def ingest(
     raw: str | Path,
     store_root: str | Path,
-    client,
+    client: Any,
     *,
-    labels: str | Path | None = None,
+    labels: str | Path | Labels | None = None,
     config: IngestConfig | None = None,
     nights: set[tuple[str, int]] | None = None,
+    discovery: Discovery | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    lock_wait: float = 3600.0,
 ) -> IngestSummary:
     """Ingest a raw tree (loose gif/fits files and tar archives) into one Zarr dataset per night.
 
@@ -212,29 +159,39 @@ def ingest(
         The Zarr store root (created if needed).
     client : distributed.Client
         The Dask client that runs the work.
-    labels : path, optional
+    labels : path or Labels, optional
         The autoscan CSV (``OBJECT_TYPE`` 0 real / 1 artifact), converted to labels 1 / 0.
     config : IngestConfig, optional
-        Stamp size and work-unit sizes.
+        Stamp size, work-unit sizes and how long to wait for another writer of a season.
     nights : set of (season, night), optional
         Only these nights (the nightly flow ingests one night).
+    discovery : Discovery, optional
+        The raw tree as already walked by :func:`s2v_batch.rawtree.discover` (the pipeline's
+        plan); walked here when not given.
     progress : bool
         Show progress bars.
     log : callable
         Where status lines go.
-    lock_wait : float
-        Seconds to wait while another process writes the same season
-        (:func:`s2v_batch.fsutil.exclusive`) before giving up with ``StoreBusyError``.
 
     Returns
     -------
     IngestSummary
+
+    Raises
+    ------
+    IngestError
+        No stamps at all, or none for a requested night.
+    StoreBusyError
+        Another process kept a season's lock past ``config.lock_wait`` seconds.
     """
     cfg = config or IngestConfig()
     t0 = time.perf_counter()
-    store_root = Path(store_root)
-    lab = read_labels(labels) if labels else None
-    disc = discover(raw, unit_stamps=cfg.unit_stamps)
+    # Absolute paths: workers started apart (TLS address specs) have a working directory of
+    # their own, and every path below is sent to them.
+    store_root, raw = Path(store_root).expanduser().resolve(), Path(raw).expanduser().resolve()
+    lab = read_labels(labels) if isinstance(labels, str | Path) else labels
+    wanted = None if nights is None else {int(n) for _, n in nights}
+    disc = discovery or discover(raw, unit_stamps=cfg.unit_stamps, nights=wanted)
     keys = sorted(disc.units)
     if nights is not None:
         keys = [k for k in keys if k in nights]
@@ -250,14 +207,22 @@ def ingest(
         (zstore.lock_path(store_root, s), f"season {s} of {store_root}")
         for s in sorted({k[0] for k in keys})
     ]
-    with exclusive_all(locks, wait=lock_wait, log=log):  # one writer per season
-        summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress)
+    with exclusive_all(locks, wait=cfg.lock_wait, log=log):  # one writer per season
+        summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress, log)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _ingest_nights(
-    disc, keys, store_root: Path, client, lab, cfg, nights, progress
+    disc: Discovery,
+    keys: list[tuple[str, int]],
+    store_root: Path,
+    client: Any,
+    lab: Labels | None,
+    cfg: IngestConfig,
+    nights: set[tuple[str, int]] | None,
+    progress: bool,
+    log: Callable[[str], None] = print,
 ) -> IngestSummary:
     """The body of :func:`ingest`, run with the seasons' writer locks held."""
     from distributed import as_completed
@@ -269,35 +234,44 @@ def _ingest_nights(
             {"stamp_id": None, "season": None, "night": None, "path": p, "reason": r}
             for p, r in disc.unplaced
         ]
-        _write_quarantine(store_root / "quarantine-unplaced.parquet", rows)
+        zstore.write_quarantine(zstore.unplaced_quarantine_path(store_root), rows)
         summary.n_unplaced = len(rows)
 
-    # Which nights are already complete for exactly these inputs?
+    # Which nights are already current for exactly these inputs?
     todo: list[tuple[str, int]] = []
-    fps = {k: night_fingerprint(disc.fingerprints[k], lab, cfg) for k in keys}
+    fps = {
+        k: zstore.night_fingerprint(
+            disc.raw_fingerprints[k], lab.fingerprint if lab else None, _size(cfg, k[0])
+        )
+        for k in keys
+    }
     seen_ids: list[np.ndarray] = []
     for k in keys:
         path = zstore.night_path(store_root, *k)
-        attrs = zstore.verify_night(path)
-        if attrs is not None and attrs.get("input_fingerprint") == fps[k]:
+        attrs = zstore.current_night(path, fps[k], cfg.float_encoding)
+        if attrs is not None:
             n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
-            summary.nights.append(NightResult(k[0], k[1], "skipped", n_st + n_q, n_st, n_q, path))
+            qpath = zstore.quarantine_path(store_root, *k)
+            summary.nights.append(
+                NightResult(*k, "skipped", n_st + n_q, n_st, n_q, path, qpath, fps[k])
+            )
             if lab is not None:
                 seen_ids.append(zstore.read_stamp_ids(path))
         else:
             todo.append(k)
 
     # Phase 1: stage every unit of every pending night, in parallel.
-    staged: dict[tuple[str, int], list[dict]] = {}
+    staged: dict[tuple[str, int], list[dict[str, Any]]] = {}
     if todo:
+        check_space(disc, todo, store_root, fps, cfg, log)
         futures = {}
         for k in todo:
-            sdir = store_root / k[0] / f".staging-{k[1]}-{fps[k][:12]}"
+            sdir = zstore.staging_dir(store_root, *k, fps[k])
             sdir.mkdir(parents=True, exist_ok=True)
             for u in disc.units[k]:
-                fut = client.submit(stage_unit, u, str(sdir), cfg.stamp_size, pure=False)
+                fut = client.submit(stage_unit, u, str(sdir), _size(cfg, k[0]), pure=False)
                 futures[fut] = (k, u.index)
-            staged[k] = [None] * len(disc.units[k])  # type: ignore[list-item]
+            staged[k] = [{}] * len(disc.units[k])
         bar = tqdm(total=len(futures), desc="decode", unit="unit", disable=not progress)
         for fut in as_completed(futures):
             k, i = futures[fut]
@@ -317,14 +291,14 @@ def _ingest_nights(
         first_seen[season] = ids
 
     # Phase 2: assemble each pending night, shards in parallel across nights.
-    pending = []
-    for k in todo:
-        pending.append(_plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg))
-    shard_futs = {}
-    for plan in pending:
-        for start, pieces in plan["shards"]:
-            fut = client.submit(assemble_shard, plan["partial"], start, pieces, pure=False)
-            shard_futs[fut] = plan["key"]
+    pending = [
+        _plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg) for k in todo
+    ]
+    shard_futs = [
+        client.submit(assemble_shard, str(plan.partial), start, pieces, pure=False)
+        for plan in pending
+        for start, pieces in plan.shards
+    ]
     bar = tqdm(total=len(shard_futs), desc="write", unit="shard", disable=not progress)
     for _ in as_completed(shard_futs):
         bar.update(1)
@@ -333,44 +307,61 @@ def _ingest_nights(
         fut.result()  # re-raise a worker error here, after every shard has had its chance
     for plan in pending:
         summary.nights.append(_finish_night(plan, store_root))
-        seen_ids.append(plan["stamp_id"])
+        seen_ids.append(plan.stamp_id)
     if lab is not None:
         all_seen = np.concatenate(seen_ids) if seen_ids else np.zeros(0, np.int64)
         summary.n_csv_rows_without_stamp = lab.n_missing(all_seen)
-    summary.nights.sort(key=lambda n: (n.season, n.night))
+    summary.nights.sort(key=lambda n: n.key)
     return summary
 
 
-def plan_shards(
-    pieces: list[tuple[str, np.ndarray]], shard_stamps: int
-) -> list[tuple[int, list[tuple[str, np.ndarray]]]]:
-    """Cut ordered ``(source, rows)`` pieces into whole output shards.
+def check_space(
+    disc: Discovery,
+    todo: list[tuple[str, int]],
+    store_root: Path,
+    fps: dict[tuple[str, int], str],
+    cfg: IngestConfig,
+    log: Callable[[str], None],
+) -> None:
+    """Fail before writing anything when the store's filesystem lacks the space the nights need
+    (:func:`s2v_batch.staging.night_bytes` says how it is estimated); say what is reused.
 
-    Returns ``(start, pieces)`` per shard: starts are multiples of ``shard_stamps``, every shard
-    but the last is full, and the rows keep their order.
+    Raises
+    ------
+    s2v_batch.faults.InsufficientSpaceError
+        With the bytes needed and the bytes free.
     """
-    shards: list[tuple[int, list[tuple[str, np.ndarray]]]] = []
-    start, current, filled = 0, [], 0
-    for src, rows in pieces:
-        off = 0
-        while off < len(rows):
-            take = min(shard_stamps - filled, len(rows) - off)
-            current.append((src, rows[off : off + take]))
-            filled += take
-            off += take
-            if filled == shard_stamps:
-                shards.append((start, current))
-                start += filled
-                current, filled = [], 0
-    if filled:
-        shards.append((start, current))
-    return shards
+    stage = dataset = 0
+    for k in todo:
+        sdir = zstore.staging_dir(store_root, *k, fps[k])
+        st, ds = night_bytes(disc.units[k], cfg.stamp_size, sdir)
+        stage, dataset = stage + st, dataset + ds
+        reused = sum(staged_files(u, sdir)[1].is_file() for u in disc.units[k])
+        if reused:
+            log(f"{k[0]}/{k[1]}: reusing {reused} of {len(disc.units[k])} staged unit(s)")
+    need = stage + dataset + SPACE_MARGIN
+    what = "ingesting " + (
+        f"{todo[0][0]}/{todo[0][1]}" if len(todo) == 1 else f"{len(todo)} nights"
+    )
+    what += f" (staging {human_bytes(stage)} + datasets {human_bytes(dataset)}, estimated)"
+    ensure_free_space(store_root, need, what)
 
 
-def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
+def _plan_night(
+    key: tuple[str, int],
+    units: list[dict[str, Any]],
+    first_seen: dict[int, str],
+    lab: Labels | None,
+    night_fp: str,
+    store_root: Path,
+    cfg: IngestConfig,
+) -> NightAssembly:
+    """Choose the stamps a night keeps (duplicates quarantined), create its partial dataset."""
     season, night = key
-    quarantine: list[dict] = []
+    quarantine: list[dict[str, Any]] = []
     keep_ids, keep_frac, pieces_all = [], [], []
+    survey = survey_of_season(season)
+    keep_meta: dict[str, list[np.ndarray]] = {c.name: [] for c in get_survey(survey).columns}
     n_found = 0
     dtype = np.uint8
     for meta in units:
@@ -398,20 +389,22 @@ def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
             rows_a = np.asarray(rows, dtype=np.int64)
             keep_ids.append(meta["stamp_id"][rows_a])
             keep_frac.append(meta["masked_fraction"][rows_a])
+            for name, parts in keep_meta.items():
+                parts.append(meta.get("meta", {})[name][rows_a])
             pieces_all.append((meta["npy"], rows_a))
             if meta["dtype"] != "uint8":
                 dtype = np.float32
     stamp_id = np.concatenate(keep_ids) if keep_ids else np.zeros(0, np.int64)
     frac = np.concatenate(keep_frac) if keep_frac else np.zeros(0, np.float32)
     label = lab.lookup(stamp_id) if lab is not None else np.full(len(stamp_id), -1, np.int8)
-    n = len(stamp_id)
+    extra = alert_columns(get_survey(survey), keep_meta)
     final = zstore.night_path(store_root, season, night)
-    partial = final.with_name(f".{final.name}.partial")
+    partial = zstore.partial_path(final)
     zstore.create_night(
         partial,
-        n_stamps=n,
+        n_stamps=len(stamp_id),
         dtype=dtype,
-        size=cfg.stamp_size,
+        size=_size(cfg, season),
         stamp_id=stamp_id,
         label=label,
         masked_fraction=frac,
@@ -420,36 +413,59 @@ def _plan_night(key, units, first_seen, lab, fp, store_root, cfg) -> dict:
         attrs={
             "n_quarantined": len(quarantine),
             "n_found": n_found,
-            "input_fingerprint": fp,
+            zstore.FINGERPRINT_ATTR: zstore.stored_fingerprint(night_fp, dtype, cfg.float_encoding),
             "source_format": "fits" if dtype == np.float32 else "gif",
             "labelled": lab is not None,
+            "survey": survey,
         },
+        extra=extra,
         shard_stamps=cfg.shard_stamps,
         chunk_stamps=cfg.chunk_stamps,
+        float_encoding=cfg.float_encoding,
     )
-    shards = plan_shards(pieces_all, cfg.shard_stamps)
-    return {
-        "key": key,
-        "partial": str(partial),
-        "final": final,
-        "shards": shards,
-        "quarantine": quarantine,
-        "n_found": n_found,
-        "stamp_id": stamp_id,
-        "staging": store_root / season / f".staging-{night}-{fp[:12]}",
-    }
+    return NightAssembly(
+        season=season,
+        night=night,
+        night_fp=night_fp,
+        staging=zstore.staging_dir(store_root, season, night, night_fp),
+        partial=partial,
+        final=final,
+        shards=plan_shards(pieces_all, cfg.shard_stamps),
+        quarantine=quarantine,
+        n_found=n_found,
+        stamp_id=stamp_id,
+    )
 
 
-def _finish_night(plan: dict, store_root: Path) -> NightResult:
-    season, night = plan["key"]
-    partial, final = Path(plan["partial"]), plan["final"]
-    if zstore.verify_night(partial) is None:
-        raise IngestError(f"night {season}/{night}: the written dataset failed verification")
-    _write_quarantine(zstore.quarantine_path(store_root, season, night), plan["quarantine"])
-    replace_dir(partial, final)
-    shutil.rmtree(plan["staging"], ignore_errors=True)
-    n_q = len(plan["quarantine"])
-    n_stored = len(plan["stamp_id"])
-    if n_stored + n_q != plan["n_found"]:
-        raise RuntimeError(f"night {season}/{night}: stamp accounting broke (a bug)")
-    return NightResult(season, night, "ingested", plan["n_found"], n_stored, n_q, final)
+def _size(cfg: IngestConfig, season: str) -> int:
+    """The stamp edge of a season's survey."""
+    return cfg.size_for(survey_of_season(season))
+
+
+def _finish_night(plan: NightAssembly, store_root: Path) -> NightResult:
+    """Verify the assembled night, write its quarantine, rename it into place, drop staging."""
+    if zstore.verify_night(plan.partial) is None:
+        raise IngestError(
+            f"night {plan.season}/{plan.night}: the written dataset failed verification"
+        )
+    n_q, n_stored = len(plan.quarantine), len(plan.stamp_id)
+    if n_stored + n_q != plan.n_found:
+        raise RuntimeError(f"night {plan.season}/{plan.night}: stamp accounting broke (a bug)")
+    qpath = zstore.quarantine_path(store_root, plan.season, plan.night)
+    # The dataset, then its quarantine table, each in one rename: a run stopped in between
+    # leaves a night that store.current_night does not take for done (the counts differ).
+    with atomic_path(qpath) as qtmp:
+        zstore.write_quarantine(qtmp, plan.quarantine)
+        replace_dir(plan.partial, plan.final)
+    shutil.rmtree(plan.staging, ignore_errors=True)
+    return NightResult(
+        plan.season,
+        plan.night,
+        "ingested",
+        plan.n_found,
+        n_stored,
+        n_q,
+        plan.final,
+        qpath,
+        plan.night_fp,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .conventions import object_type_to_label
+from .fsutil import file_identity
 
 
 class LabelsError(ValueError):
@@ -67,11 +67,10 @@ def read_labels(path: str | Path) -> Labels:
     good = ids.notna() & (ids == ids.round())
     frame = pd.DataFrame({"id": ids[good].astype("int64"), "label": object_type_to_label(ot[good])})
     frame = frame.drop_duplicates("id", keep="first").sort_values("id")
-    st = os.stat(path)
     return Labels(
         ids=frame["id"].to_numpy(),
         labels=frame["label"].to_numpy(np.int8),
-        fingerprint=f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}",
+        fingerprint=file_identity(path),
         n_rows=len(df),
         n_bad_rows=int((~good).sum()),
     )

@@ -3,11 +3,10 @@
 Positive class = real (label 1); label 0 = artifact; label -1 = unknown, ignored by every
 labelled metric. A stamp is a candidate when ``score >= threshold``.
 
-Two families of functions:
-
-* exact ones on in-memory arrays (:func:`confusion`, :func:`roc_auc`, :func:`roc_curve`, ...);
-* :class:`ScoreHistogram`, a streaming, mergeable summary of scores per class on fine fixed
-  bins over [0, 1], which reports use so they never hold a season's rows in memory.
+Exact metrics on in-memory arrays (:func:`confusion`, :func:`roc_auc`, :func:`roc_curve`,
+operating points, :func:`threshold_for_recall`). The arithmetic on class
+counts per group of tied scores (AUC, curves, operating points) is shared with
+:class:`s2v_batch.histogram.ScoreHistogram`, the streaming summary the reports use.
 
 Rates with a zero denominator are ``nan``, never an exception.
 """
@@ -15,22 +14,18 @@ Rates with a zero denominator are ``nan``, never an exception.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 
 __all__ = [
-    "DEFAULT_BINS",
     "STANDARD_FPRS",
     "STANDARD_MDRS",
-    "WORKING_DAY_HOURS",
     "Confusion",
     "MetricsError",
-    "ScoreHistogram",
     "confusion",
     "fpr_at_mdr",
     "mdr_at_fpr",
@@ -39,13 +34,8 @@ __all__ = [
     "roc_curve",
     "standard_operating_points",
     "threshold_for_recall",
-    "time_saved",
 ]
 
-#: Bins of :class:`ScoreHistogram` over [0, 1]; a power of two, so bin edges are exact floats.
-DEFAULT_BINS = 2**16
-#: Hours in the working day of :func:`time_saved`.
-WORKING_DAY_HOURS = 8.0
 #: FPRs at which autoscan and Ayyar et al. (2022) quote the missed detection rate.
 STANDARD_FPRS: tuple[float, ...] = (0.01, 0.025, 0.04)
 #: MDRs at which they quote the false positive rate.
@@ -58,6 +48,11 @@ class MetricsError(ValueError):
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ class Confusion:
     def __post_init__(self) -> None:
         for name in ("tp", "fp", "tn", "fn"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            if not _is_int(value) or value < 0:
                 raise MetricsError(f"confusion count {name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
 
@@ -131,22 +126,14 @@ class Confusion:
         """Precision (purity) TP / (TP + FP) = 1 - FDR."""
         return _ratio(self.tp, self.tp + self.fp)
 
+    #: Keys of :meth:`to_dict`, in order: the counts, then the rates.
+    _KEYS: ClassVar[list[str]] = (
+        "n_labelled n_real n_artifact tp fp tn fn recall mdr fpr fdr precision".split()
+    )
+
     def to_dict(self) -> dict[str, float | int]:
         """Counts and rates as a flat dict (rates may be ``nan``)."""
-        return {
-            "n_labelled": self.n_labelled,
-            "n_real": self.n_real,
-            "n_artifact": self.n_artifact,
-            "tp": self.tp,
-            "fp": self.fp,
-            "tn": self.tn,
-            "fn": self.fn,
-            "recall": self.recall,
-            "mdr": self.mdr,
-            "fpr": self.fpr,
-            "fdr": self.fdr,
-            "precision": self.precision,
-        }
+        return {key: getattr(self, key) for key in self._KEYS}
 
 
 # -- input checks ----------------------------------------------------------------------------
@@ -236,6 +223,21 @@ def _auc_from_groups(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(u / (float(n_pos) * float(n_neg)))
 
 
+def _score_groups(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct scores of the labelled stamps, highest first; reals and artifacts at each."""
+    s, real = _labelled(scores, labels)
+    order = np.argsort(-s, kind="stable")
+    s_desc, real_desc = s[order], real[order]
+    # Last index of each run of equal scores: one point per distinct threshold.
+    is_end = np.ones(s_desc.shape, dtype=bool)
+    is_end[:-1] = s_desc[1:] != s_desc[:-1]
+    ends = np.flatnonzero(is_end)
+    cum_pos = np.cumsum(real_desc, dtype=np.int64)[ends]
+    pos = np.diff(cum_pos, prepend=0)
+    neg = np.diff(ends + 1 - cum_pos, prepend=0)
+    return s_desc[ends], pos, neg
+
+
 def roc_auc(scores: Any, labels: Any) -> float:
     """Exact ROC AUC (Mann-Whitney U / (n_real * n_artifact)); ties count one half.
 
@@ -249,15 +251,8 @@ def roc_auc(scores: Any, labels: Any) -> float:
     float
         AUC in [0, 1]; ``nan`` unless both classes are present.
     """
-    s, real = _labelled(scores, labels)
-    if s.size == 0:
-        return math.nan
-    _, inv = np.unique(s, return_inverse=True)
-    inv = inv.ravel()
-    n_groups = int(inv.max()) + 1
-    pos = np.bincount(inv[real], minlength=n_groups)
-    neg = np.bincount(inv[~real], minlength=n_groups)
-    return _auc_from_groups(pos, neg)
+    _, pos, neg = _score_groups(scores, labels)
+    return _auc_from_groups(pos[::-1], neg[::-1])
 
 
 def _curve_from_groups(
@@ -280,17 +275,7 @@ def _curve_from_groups(
 
 
 def _exact_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    s, real = _labelled(scores, labels)
-    order = np.argsort(-s, kind="stable")
-    s_desc, real_desc = s[order], real[order]
-    # Last index of each run of equal scores: one point per distinct threshold.
-    is_end = np.ones(s_desc.shape, dtype=bool)
-    is_end[:-1] = s_desc[1:] != s_desc[:-1]
-    ends = np.flatnonzero(is_end)
-    cum_pos = np.cumsum(real_desc, dtype=np.int64)[ends]
-    pos = np.diff(cum_pos, prepend=0)
-    neg = np.diff(ends + 1 - cum_pos, prepend=0)
-    return _curve_from_groups(s_desc[ends], pos, neg)
+    return _curve_from_groups(*_score_groups(scores, labels))
 
 
 def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -325,21 +310,21 @@ def mdr_fpr_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.
     return fpr, mdr, thr
 
 
-def _mdr_at_fpr(fpr: np.ndarray, mdr: np.ndarray, target: float) -> float:
-    ok = fpr <= target
-    return float(mdr[ok].min()) if ok.any() else math.nan
+def _lowest_within(
+    curve: tuple[np.ndarray, np.ndarray, np.ndarray], bounded: str, limit: float
+) -> float:
+    """The lowest of the two rates of an (fpr, mdr, thresholds) curve where the other is bounded.
 
-
-def _fpr_at_mdr(fpr: np.ndarray, mdr: np.ndarray, target: float) -> float:
-    ok = mdr <= target
-    return float(fpr[ok].min()) if ok.any() else math.nan
-
-
-def _check_rate(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise MetricsError(f"{name} must be in [0, 1], got {value}")
-    return value
+    ``bounded="fpr"``: the lowest MDR among points with FPR <= ``limit``; ``bounded="mdr"``: the
+    lowest FPR among points with MDR <= ``limit``. ``nan`` when no point qualifies.
+    """
+    limit = float(limit)
+    if not 0.0 <= limit <= 1.0:
+        raise MetricsError(f"{bounded} must be in [0, 1], got {limit}")
+    fpr, mdr, _ = curve
+    bound, value = (fpr, mdr) if bounded == "fpr" else (mdr, fpr)
+    ok = bound <= limit
+    return float(value[ok].min()) if ok.any() else math.nan
 
 
 def mdr_at_fpr(scores: Any, labels: Any, fpr: float) -> float:
@@ -359,9 +344,7 @@ def mdr_at_fpr(scores: Any, labels: Any, fpr: float) -> float:
     float
         ``nan`` unless both classes are present.
     """
-    target = _check_rate("fpr", fpr)
-    f, m, _ = mdr_fpr_curve(scores, labels)
-    return _mdr_at_fpr(f, m, target)
+    return _lowest_within(mdr_fpr_curve(scores, labels), "fpr", fpr)
 
 
 def fpr_at_mdr(scores: Any, labels: Any, mdr: float) -> float:
@@ -379,15 +362,15 @@ def fpr_at_mdr(scores: Any, labels: Any, mdr: float) -> float:
     float
         ``nan`` unless both classes are present.
     """
-    target = _check_rate("mdr", mdr)
-    f, m, _ = mdr_fpr_curve(scores, labels)
-    return _fpr_at_mdr(f, m, target)
+    return _lowest_within(mdr_fpr_curve(scores, labels), "mdr", mdr)
 
 
-def _operating_points(fpr: np.ndarray, mdr: np.ndarray) -> dict[str, dict[str, float]]:
+def _operating_points(
+    curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, dict[str, float]]:
     return {
-        "mdr_at_fpr": {f"{t:g}": _mdr_at_fpr(fpr, mdr, t) for t in STANDARD_FPRS},
-        "fpr_at_mdr": {f"{t:g}": _fpr_at_mdr(fpr, mdr, t) for t in STANDARD_MDRS},
+        "mdr_at_fpr": {f"{t:g}": _lowest_within(curve, "fpr", t) for t in STANDARD_FPRS},
+        "fpr_at_mdr": {f"{t:g}": _lowest_within(curve, "mdr", t) for t in STANDARD_MDRS},
     }
 
 
@@ -401,12 +384,22 @@ def standard_operating_points(scores: Any, labels: Any) -> dict[str, dict[str, f
         "fpr_at_mdr": {"0.02": .., "0.03": .., "0.05": ..}}``; values ``nan`` unless both
         classes are present.
     """
-    f, m, _ = mdr_fpr_curve(scores, labels)
-    return _operating_points(f, m)
+    return _operating_points(mdr_fpr_curve(scores, labels))
 
 
-def _min_count_for_recall(n_pos: int, target: float) -> int:
-    """Smallest k with ``k / n_pos >= target``, computed as :attr:`Confusion.recall` does."""
+def _reals_needed(n_pos: int, target_recall: float) -> int:
+    """Smallest k with ``k / n_pos >= target_recall``, computed as :attr:`Confusion.recall` does.
+
+    Raises
+    ------
+    MetricsError
+        For a target outside (0, 1], or no labelled real stamp (``n_pos == 0``).
+    """
+    target = float(target_recall)
+    if not 0.0 < target <= 1.0:
+        raise MetricsError(f"target_recall must be in (0, 1], got {target_recall}")
+    if n_pos == 0:
+        raise MetricsError("no labelled real stamps (label 1): cannot choose a threshold")
     k = min(n_pos, max(1, math.ceil(target * n_pos)))
     # ceil(target * n) can be off by one in floating point (0.99 * 100 = 99.00000000000001).
     while k > 1 and (k - 1) / n_pos >= target:
@@ -414,13 +407,6 @@ def _min_count_for_recall(n_pos: int, target: float) -> int:
     while k < n_pos and k / n_pos < target:
         k += 1
     return k
-
-
-def _check_target_recall(target_recall: float) -> float:
-    target = float(target_recall)
-    if not 0.0 < target <= 1.0:
-        raise MetricsError(f"target_recall must be in (0, 1], got {target_recall}")
-    return target
 
 
 def threshold_for_recall(scores: Any, labels: Any, target_recall: float = 0.99) -> float:
@@ -446,350 +432,6 @@ def threshold_for_recall(scores: Any, labels: Any, target_recall: float = 0.99) 
     MetricsError
         When there is no labelled real stamp to choose from.
     """
-    target = _check_target_recall(target_recall)
     s, real = _labelled(scores, labels)
     pos = np.sort(s[real])[::-1]
-    if pos.size == 0:
-        raise MetricsError("no labelled real stamps (label 1): cannot choose a threshold")
-    k = _min_count_for_recall(int(pos.size), target)
-    return float(pos[k - 1])
-
-
-def time_saved(
-    n_stamps: int,
-    n_candidates: int,
-    seconds_per_stamp: float = 0.5,
-    n_false_positives: int | None = None,
-) -> dict[str, float | None]:
-    """Human scanning time with and without the model (DESIGN.md section 3).
-
-    Parameters
-    ----------
-    n_stamps : int
-        Stamps a human would scan without the model.
-    n_candidates : int
-        Stamps left to scan with it (``score >= threshold``).
-    seconds_per_stamp : float
-        Human time per stamp; 0.5 s as in autoscan and space2vec.
-    n_false_positives : int, optional
-        Candidates that are artifacts, when labels tell.
-
-    Returns
-    -------
-    dict
-        ``hours_all``, ``hours_candidates``, ``hours_saved``, ``working_days_saved`` (8 h days),
-        ``reduction_factor`` (stamps / candidates; ``nan`` with no candidate), ``hours_wasted``
-        (false positives x seconds; ``None`` when unknown) and ``seconds_per_stamp``.
-    """
-    for name, value in (("n_stamps", n_stamps), ("n_candidates", n_candidates)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-            raise MetricsError(f"{name} must be an integer >= 0, got {value!r}")
-    if n_candidates > n_stamps:
-        raise MetricsError(f"n_candidates ({n_candidates}) exceeds n_stamps ({n_stamps})")
-    sec = float(seconds_per_stamp)
-    if not (math.isfinite(sec) and sec > 0):
-        raise MetricsError(f"seconds_per_stamp must be a positive number, got {seconds_per_stamp}")
-    hours_all = n_stamps * sec / 3600.0
-    hours_cand = n_candidates * sec / 3600.0
-    wasted: float | None = None
-    if n_false_positives is not None:
-        if (
-            isinstance(n_false_positives, bool)
-            or not isinstance(n_false_positives, int | np.integer)
-            or not 0 <= n_false_positives <= n_candidates
-        ):
-            raise MetricsError(
-                f"n_false_positives must be an integer in [0, n_candidates={n_candidates}], "
-                f"got {n_false_positives!r}"
-            )
-        wasted = n_false_positives * sec / 3600.0
-    saved = hours_all - hours_cand
-    return {
-        "seconds_per_stamp": sec,
-        "hours_all": hours_all,
-        "hours_candidates": hours_cand,
-        "hours_saved": saved,
-        "working_days_saved": saved / WORKING_DAY_HOURS,
-        "reduction_factor": _ratio(n_stamps, n_candidates),
-        "hours_wasted": wasted,
-    }
-
-
-# -- streaming histogram ---------------------------------------------------------------------
-
-
-class ScoreHistogram:
-    """Counts of scores per class on ``n_bins`` equal bins over [0, 1]; streaming and mergeable.
-
-    Bin ``i`` holds scores in ``[i / n_bins, (i + 1) / n_bins)``; the last bin also holds 1.0.
-    Classes: ``real`` (label 1), ``artifact`` (0), ``unknown`` (-1).
-
-    Accuracy: every figure evaluated at a bin's lower edge (``i / n_bins``, ``i < n_bins``) is
-    exact, because "score >= edge" selects whole bins. :meth:`confusion` at any other threshold
-    counts the whole bin that holds the threshold as candidates, so it may include stamps
-    scoring up to one bin width (1.5e-5 with 2**16 bins) below it. :meth:`roc_auc` treats
-    stamps in one bin as tied: it differs from the exact AUC by at most half the fraction of
-    real/artifact pairs that share a bin.
-
-    Parameters
-    ----------
-    n_bins : int
-        Number of bins; the default 2**16 keeps edges exact and costs 1.5 MiB.
-    """
-
-    CLASSES: tuple[str, str, str] = ("real", "artifact", "unknown")
-    _FORMAT = "s2v-batch/score-histogram"
-    _VERSION = 1
-
-    def __init__(self, n_bins: int = DEFAULT_BINS) -> None:
-        if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
-            raise MetricsError(f"n_bins must be a positive integer, got {n_bins!r}")
-        self.n_bins = int(n_bins)
-        self._counts = np.zeros((3, self.n_bins), dtype=np.int64)
-
-    # -- building --------------------------------------------------------------------------
-
-    def add(self, scores: Any, labels: Any = None) -> ScoreHistogram:
-        """Count ``scores`` (in [0, 1]) by class; ``labels=None`` means all unknown.
-
-        Returns
-        -------
-        ScoreHistogram
-            ``self``, for chaining.
-        """
-        if labels is None:
-            labels = np.full(np.shape(scores), LABEL_UNKNOWN, dtype=np.int8)
-        s, lab = _check(scores, labels)
-        if s.size and (s.min() < 0.0 or s.max() > 1.0):
-            n_out = int(np.count_nonzero((s < 0.0) | (s > 1.0)))
-            raise MetricsError(f"{n_out} scores fall outside [0, 1]; a score is a probability")
-        # Scaling by a power of two is exact, so bin i is exactly [i/n, (i+1)/n).
-        idx = np.minimum((s * self.n_bins).astype(np.int64), self.n_bins - 1)
-        cls = np.where(lab == LABEL_REAL, 0, np.where(lab == LABEL_ARTIFACT, 1, 2))
-        flat = np.bincount(cls * self.n_bins + idx, minlength=3 * self.n_bins)
-        self._counts += flat.reshape(3, self.n_bins)
-        return self
-
-    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
-        """Add ``other``'s counts into this histogram (in place).
-
-        Returns
-        -------
-        ScoreHistogram
-            ``self``, for chaining.
-        """
-        if not isinstance(other, ScoreHistogram):
-            raise MetricsError(f"can only merge a ScoreHistogram, got {type(other).__name__}")
-        if other.n_bins != self.n_bins:
-            raise MetricsError(
-                f"cannot merge histograms with {self.n_bins} and {other.n_bins} bins"
-            )
-        self._counts += other._counts
-        return self
-
-    def copy(self) -> ScoreHistogram:
-        """An independent copy."""
-        out = ScoreHistogram(self.n_bins)
-        out._counts[:] = self._counts
-        return out
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ScoreHistogram):
-            return NotImplemented
-        return self.n_bins == other.n_bins and bool(np.array_equal(self._counts, other._counts))
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        return (
-            f"ScoreHistogram(n_bins={self.n_bins}, real={self.n_real}, "
-            f"artifact={self.n_artifact}, unknown={self.n_unknown})"
-        )
-
-    # -- counts ----------------------------------------------------------------------------
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Read-only (3, n_bins) counts, rows in :attr:`CLASSES` order."""
-        view = self._counts.view()
-        view.flags.writeable = False
-        return view
-
-    @property
-    def edges(self) -> np.ndarray:
-        """The ``n_bins + 1`` bin edges."""
-        return np.arange(self.n_bins + 1, dtype=np.float64) / self.n_bins
-
-    @property
-    def n_real(self) -> int:
-        """Stamps labelled real."""
-        return int(self._counts[0].sum())
-
-    @property
-    def n_artifact(self) -> int:
-        """Stamps labelled artifact."""
-        return int(self._counts[1].sum())
-
-    @property
-    def n_unknown(self) -> int:
-        """Stamps without a label."""
-        return int(self._counts[2].sum())
-
-    @property
-    def n_total(self) -> int:
-        """All stamps counted."""
-        return int(self._counts.sum())
-
-    def coarsen(self, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sum groups of bins, e.g. for plotting.
-
-        Parameters
-        ----------
-        n_out : int
-            Number of output bins; must divide ``n_bins``.
-
-        Returns
-        -------
-        edges : numpy.ndarray
-            ``n_out + 1`` edges.
-        counts : numpy.ndarray
-            (3, n_out) counts, rows in :attr:`CLASSES` order.
-        """
-        if n_out < 1 or self.n_bins % n_out:
-            raise MetricsError(f"n_out={n_out} must be a positive divisor of n_bins={self.n_bins}")
-        counts = self._counts.reshape(3, n_out, self.n_bins // n_out).sum(axis=2)
-        return np.linspace(0.0, 1.0, n_out + 1), counts
-
-    # -- metrics ---------------------------------------------------------------------------
-
-    def _bin_of(self, threshold: float) -> int:
-        t = float(threshold)
-        if math.isnan(t):
-            raise MetricsError("threshold is NaN")
-        if t <= 0.0:
-            return 0
-        if t > 1.0:
-            return self.n_bins
-        return min(int(t * self.n_bins), self.n_bins - 1)
-
-    def confusion(self, threshold: float) -> Confusion:
-        """Confusion counts with candidates ``score >= threshold``, to one bin width.
-
-        Exact when ``threshold`` is a bin edge; otherwise the bin holding ``threshold`` counts
-        as candidates (see the class notes).
-        """
-        b = self._bin_of(threshold)
-        real, art = self._counts[0], self._counts[1]
-        tp, fp = int(real[b:].sum()), int(art[b:].sum())
-        return Confusion(tp=tp, fp=fp, tn=int(art.sum()) - fp, fn=int(real.sum()) - tp)
-
-    def n_at_or_above(self, threshold: float) -> int:
-        """Stamps of any class at or above ``threshold`` (to one bin width, as :meth:`confusion`)."""
-        return int(self._counts[:, self._bin_of(threshold) :].sum())
-
-    def roc_auc(self) -> float:
-        """ROC AUC with stamps in one bin as ties; ``nan`` unless both classes are present."""
-        return _auc_from_groups(self._counts[0], self._counts[1])
-
-    def roc_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fpr, tpr, thresholds) at the lower edge of each bin holding labelled stamps.
-
-        Same layout as :func:`roc_curve`; every point is exact.
-        """
-        fpr, tpr, _, thr = self._curve()
-        return fpr, tpr, thr
-
-    def mdr_fpr_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fpr, mdr, thresholds) as :func:`mdr_fpr_curve`, at bin edges."""
-        fpr, _, mdr, thr = self._curve()
-        return fpr, mdr, thr
-
-    def _curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        real, art = self._counts[0], self._counts[1]
-        nz = np.flatnonzero((real + art) > 0)[::-1]
-        return _curve_from_groups(nz / self.n_bins, real[nz], art[nz])
-
-    def mdr_at_fpr(self, fpr: float) -> float:
-        """As :func:`mdr_at_fpr`, over bin-edge thresholds."""
-        f, m, _ = self.mdr_fpr_curve()
-        return _mdr_at_fpr(f, m, _check_rate("fpr", fpr))
-
-    def fpr_at_mdr(self, mdr: float) -> float:
-        """As :func:`fpr_at_mdr`, over bin-edge thresholds."""
-        f, m, _ = self.mdr_fpr_curve()
-        return _fpr_at_mdr(f, m, _check_rate("mdr", mdr))
-
-    def standard_operating_points(self) -> dict[str, dict[str, float]]:
-        """As :func:`standard_operating_points`, over bin-edge thresholds."""
-        f, m, _ = self.mdr_fpr_curve()
-        return _operating_points(f, m)
-
-    def threshold_for_recall(self, target_recall: float = 0.99) -> float:
-        """Highest bin edge whose recall is at least ``target_recall`` (exact at that edge).
-
-        Raises
-        ------
-        MetricsError
-            When no stamp is labelled real.
-        """
-        target = _check_target_recall(target_recall)
-        real = self._counts[0]
-        n_pos = int(real.sum())
-        if n_pos == 0:
-            raise MetricsError("no labelled real stamps (label 1): cannot choose a threshold")
-        k = _min_count_for_recall(n_pos, target)
-        at_or_above = np.cumsum(real[::-1])[::-1]  # reals in bins >= i
-        i = int(np.flatnonzero(at_or_above >= k)[-1])
-        return i / self.n_bins
-
-    # -- serialisation ---------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready sparse form: the non-empty bins of each class and their counts."""
-        classes = {}
-        for name, row in zip(self.CLASSES, self._counts, strict=True):
-            nz = np.flatnonzero(row)
-            classes[name] = {"bins": nz.tolist(), "counts": row[nz].tolist()}
-        return {
-            "format": self._FORMAT,
-            "version": self._VERSION,
-            "n_bins": self.n_bins,
-            "classes": classes,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreHistogram:
-        """Rebuild a histogram written by :meth:`to_dict`.
-
-        Raises
-        ------
-        MetricsError
-            When ``data`` is not such a dict or its counts are inconsistent.
-        """
-        if not isinstance(data, Mapping) or data.get("format") != cls._FORMAT:
-            raise MetricsError(f"not a serialised ScoreHistogram (expected format {cls._FORMAT!r})")
-        if data.get("version") != cls._VERSION:
-            raise MetricsError(f"unsupported ScoreHistogram version {data.get('version')!r}")
-        out = cls(data.get("n_bins"))  # type: ignore[arg-type]
-        classes = data.get("classes")
-        if not isinstance(classes, Mapping) or set(classes) != set(cls.CLASSES):
-            raise MetricsError(f"ScoreHistogram classes must be exactly {list(cls.CLASSES)}")
-        for row, name in enumerate(cls.CLASSES):
-            entry = classes[name]
-            try:
-                bins = np.asarray(entry["bins"], dtype=np.int64)
-                counts = np.asarray(entry["counts"], dtype=np.int64)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise MetricsError(
-                    f"class {name!r}: bins/counts must be integer lists ({exc})"
-                ) from None
-            if bins.ndim != 1 or bins.shape != counts.shape:
-                raise MetricsError(f"class {name!r}: bins and counts must be equal-length lists")
-            if bins.size and (bins.min() < 0 or bins.max() >= out.n_bins):
-                raise MetricsError(f"class {name!r}: bin index outside [0, {out.n_bins})")
-            if np.unique(bins).size != bins.size:
-                raise MetricsError(f"class {name!r}: repeated bin index")
-            if (counts < 0).any():
-                raise MetricsError(f"class {name!r}: negative count")
-            out._counts[row, bins] = counts
-        return out
+    return float(pos[_reals_needed(int(pos.size), target_recall) - 1])

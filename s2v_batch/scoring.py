@@ -1,150 +1,47 @@
-"""Score stored stamps with the CNN on a Dask cluster, one task per Zarr shard.
+"""Score stored stamps with the CNN on a Dask cluster: the driver, one task per part of a night.
 
-Each worker loads the model once from its file path and keeps it (never pickled through the
-scheduler). A task reads one shard of a night, scores it in large batches and writes one Parquet
-part with a deterministic name; a night is published atomically when all its parts exist, so a
-re-run (after a killed worker or process) redoes only the missing parts.
+A task (:func:`s2v_batch.scoreworker.score_shard`) scores ``part_stamps`` stamps of a night and
+writes one Parquet part with a deterministic name into the night's staging folder; when all its
+parts exist the night is published (:func:`s2v_batch.sink.publish_night`: merged into one sorted
+file, swapped in atomically), so a re-run after a killed worker or process redoes only the
+missing parts. Each worker loads the model once from its file path (never pickled through the
+scheduler); :class:`~s2v_batch.scoreworker.WarmUp` has every worker import TensorFlow, load the
+model and trace it while the driver plans the nights.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-import threading
+import contextlib
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from . import sink
 from . import store as zstore
 from .config import ScoreConfig
-from .conventions import CHANNELS
-from .fsutil import exclusive_all, write_bytes_atomic
+from .conventions import survey_of_season
+from .faults import ensure_free_space
+from .fsutil import exclusive_all
+from .scorechecks import nights_problem
+from .scoreworker import (  # noqa: F401  (the worker side, re-exported)
+    WarmUp,
+    get_predictor,
+    nonfinite_reasons,
+    prefetched_blocks,
+    prefetched_reads,
+    score_block,
+    score_shard,
+    warm_up,
+)
+from .shardread import StampReader
 
 
 class ScoringError(ValueError):
     """Scoring cannot start (bad arguments, nothing to score)."""
-
-
-# --------------------------------------------------------------------------- worker side
-
-_PREDICTORS: dict[tuple, object] = {}
-_LOCK = threading.Lock()
-
-
-def get_predictor(model_path: str, batch_size: int, mixed_precision: bool = False):
-    """The worker's predictor for a model file, loaded (and sha256-checked) once per process."""
-    from .model import Predictor
-
-    key = (
-        str(Path(model_path).resolve()),
-        os.stat(model_path).st_mtime_ns,
-        batch_size,
-        mixed_precision,
-    )
-    with _LOCK:
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            pred = Predictor(model_path, batch_size=batch_size, mixed_precision=mixed_precision)
-            _PREDICTORS[key] = pred
-    return pred
-
-
-def nonfinite_reasons(pixels: np.ndarray) -> list[str | None]:
-    """Per stamp: None when every pixel is finite, else which channels hold NaN/Inf and how many."""
-    if pixels.dtype.kind in "ui":
-        return [None] * len(pixels)
-    bad = ~np.isfinite(pixels)
-    per_stamp = bad.any(axis=(1, 2, 3))
-    out: list[str | None] = [None] * len(pixels)
-    for i in np.flatnonzero(per_stamp):
-        counts = bad[i].sum(axis=(0, 1))
-        where = ", ".join(f"{c}: {int(k)}" for c, k in zip(CHANNELS, counts, strict=True) if k)
-        out[i] = f"non-finite pixels after ingest ({where}); not scored"
-    return out
-
-
-def score_block(
-    pixels: np.ndarray, model_path: str, batch_size: int, mixed_precision: bool = False
-):
-    """Scores of a block of stamps (NaN where a stamp has non-finite pixels) and the reasons."""
-    reasons = nonfinite_reasons(pixels)
-    ok = np.array([r is None for r in reasons], dtype=bool)
-    scores = np.full(len(pixels), np.nan, dtype=np.float32)
-    if ok.any():
-        pred = get_predictor(model_path, batch_size, mixed_precision)
-        scores[ok] = pred.predict(pixels[ok] if not ok.all() else pixels)
-    return scores, reasons
-
-
-def prefetched_blocks(arr, start: int, stop: int, step: int) -> Iterator[np.ndarray]:
-    """Read ``arr[start:stop]`` in blocks of ``step``; the next block is read and decompressed in
-    a background thread while the caller scores the current one (it keeps a GPU fed)."""
-    edges = [*range(start, stop, step), stop]
-    if len(edges) < 2:
-        return
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(arr.__getitem__, slice(edges[0], edges[1]))
-        for a, b in zip(edges[1:-1], edges[2:], strict=True):
-            cur, nxt = nxt, pool.submit(arr.__getitem__, slice(a, b))
-            yield cur.result()
-        yield nxt.result()
-
-
-def score_shard(
-    night_path: str,
-    start: int,
-    stop: int,
-    out_part: str,
-    model_path: str,
-    threshold: float,
-    batch_size: int,
-    mixed_precision: bool,
-    run_id: str,
-    scored_at: str,
-) -> dict:
-    """Read stamps ``[start, stop)`` of a night, score them, write one Parquet part; return counts."""
-    import zarr
-
-    group = zarr.open_group(night_path, mode="r")
-    stamp_id = group["stamp_id"][start:stop]
-    label = group["label"][start:stop]
-    arr = group["stamps"]
-    step = -(-2 * batch_size // arr.chunks[0]) * arr.chunks[0]  # whole inner chunks
-    scores_l, reasons = [], []
-    for pixels in prefetched_blocks(arr, start, stop, step):
-        sc, rs = score_block(pixels, model_path, batch_size, mixed_precision)
-        scores_l.append(sc)
-        reasons.extend(rs)
-    scores = np.concatenate(scores_l) if scores_l else np.zeros(0, np.float32)
-    pred = get_predictor(model_path, batch_size, mixed_precision)
-    n = len(scores)
-    valid = np.isfinite(scores)
-    cand = valid & (scores >= np.float32(threshold))
-    ts = dt.datetime.fromisoformat(scored_at)
-    table = pa.table(
-        {
-            "stamp_id": pa.array(stamp_id, pa.int64()),
-            "score": pa.array(scores, pa.float32(), mask=~valid),
-            "is_candidate": pa.array(cand),
-            "threshold": pa.array(np.full(n, threshold, np.float32)),
-            "label": pa.array(label, pa.int8(), mask=label < 0),
-            "model_version": pa.array([f"{pred.card.name}-{pred.card.version}"] * n, pa.string()),
-            "model_sha256": pa.array([pred.sha256] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "scored_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
-            "error": pa.array(reasons, pa.string()),
-        }
-    )
-    sink.write_part(out_part, table)
-    return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -162,6 +59,18 @@ class NightScore:
     n_errors: int
     path: Path
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready summary (paths as strings)."""
+        return {
+            "season": self.season,
+            "night": self.night,
+            "status": self.status,
+            "n_stamps": self.n_stamps,
+            "n_candidates": self.n_candidates,
+            "n_errors": self.n_errors,
+            "path": str(self.path),
+        }
+
 
 @dataclass
 class ScoreSummary:
@@ -170,6 +79,8 @@ class ScoreSummary:
     nights: list[NightScore] = field(default_factory=list)
     seconds: float = 0.0
     model: str = ""
+    #: Seconds from the start of :func:`score` to the first part written (None: none written).
+    first_part_seconds: float | None = None
 
     @property
     def n_stamps(self) -> int:
@@ -183,6 +94,10 @@ class ScoreSummary:
     def n_errors(self) -> int:
         return sum(n.n_errors for n in self.nights)
 
+    def night(self, season: str, night: int) -> NightScore | None:
+        """The result of one night of this run (None: not scored, its dataset is incomplete)."""
+        return next((n for n in self.nights if (n.season, n.night) == (season, int(night))), None)
+
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         scored = [n for n in self.nights if n.status == "scored"]
@@ -195,36 +110,24 @@ class ScoreSummary:
         )
 
 
-def scores_complete(
-    scores_root: str | Path,
-    season: str,
-    night: int,
-    *,
-    store_fingerprint: str | None,
-    model_sha256: str,
-    threshold: float,
-    n_stamps: int | None = None,
-) -> dict | None:
-    """The night's manifest when its published scores are for this model, threshold and stored
-    data (and ``n_stamps`` stamps, when given); else None. The test ``skip_complete`` applies."""
-    m = sink.read_manifest(scores_root, season, night)
-    if not m:
-        return None
-    try:
-        ok = (
-            m.get("model_sha256") == model_sha256
-            and m.get("store_fingerprint") == store_fingerprint
-            and float(m.get("threshold")) == float(threshold)
-        )
-    except (TypeError, ValueError):
-        return None
-    return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
+@dataclass
+class NightScoring:
+    """A night being scored: where its parts are staged, which are done, what it must hold."""
+
+    ref: zstore.NightRef
+    stage: Path
+    night_fp: str | None
+    n_stamps: int
+    run: dict[str, str]
+    stats: dict[int, dict[str, int]] = field(default_factory=dict)
+    left: int = 0
+    published: bool = False
 
 
 def score(
     store_root: str | Path,
     scores_root: str | Path,
-    client,
+    client: Any,
     *,
     model_path: str | Path | None = None,
     season: str | None = None,
@@ -233,7 +136,6 @@ def score(
     skip_complete: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    lock_wait: float = 3600.0,
 ) -> ScoreSummary:
     """Score every stored night (or one season / night) into the Parquet dataset.
 
@@ -250,27 +152,34 @@ def score(
     season, night : optional
         Restrict to a season and/or a night.
     config : ScoreConfig, optional
-        Batch size, threshold override, mixed precision.
+        Batch size, threshold override, mixed precision, part size, how long to wait for
+        another writer of a night.
     skip_complete : bool
-        Skip nights already published for this model, threshold and stored data (backfill);
-        otherwise every selected night is (re)scored and replaced.
+        Skip nights whose published scores are current (``sink.current_scores``: this model,
+        threshold and stored data); otherwise every selected night is (re)scored and replaced.
     progress : bool
         Show a progress bar.
     log : callable
         Where status lines go.
-    lock_wait : float
-        Seconds to wait while another process writes the same night
-        (:func:`s2v_batch.fsutil.exclusive`) before giving up with ``StoreBusyError``.
 
     Returns
     -------
     ScoreSummary
+
+    Raises
+    ------
+    ScoringError
+        Nothing stored to score.
+    StoreBusyError
+        Another process kept a night's lock past ``config.lock_wait`` seconds.
     """
     from .model import default_model_path, load_card
 
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    model_path = Path(model_path) if model_path else default_model_path()
+    # Absolute paths: workers started apart have a working directory of their own.
+    model_path = Path(model_path).expanduser().resolve() if model_path else default_model_path()
+    scores_root = Path(scores_root).expanduser().resolve()
     card = load_card(model_path)
     keras_path = model_path.with_suffix(".keras")
     threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
@@ -281,6 +190,9 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    problem = nights_problem(refs, scores_root, card, model_path)
+    if problem:
+        raise ScoringError(problem)
     locks = [
         (
             sink.lock_path(scores_root, r.season, r.night),
@@ -288,54 +200,60 @@ def score(
         )
         for r in refs
     ]
-    # One writer per night: staging and publishing are not shared.
-    with exclusive_all(locks, wait=lock_wait, log=log):
-        summary = _score_nights(
-            refs,
-            scores_root,
-            client,
-            card,
-            keras_path,
-            threshold,
-            cfg,
-            skip_complete,
-            progress,
-            log,
-        )
+    # Workers import TensorFlow, load the model and trace it while the nights are planned.
+    dtypes = sorted({_stamps_dtype(r.path) for r in refs[:16]} - {None})
+    client.register_plugin(
+        WarmUp(str(keras_path), cfg.batch_size, cfg.mixed_precision, dtypes), name=WarmUp.name
+    )
+    try:
+        # One writer per night: staging and publishing are not shared.
+        with exclusive_all(locks, wait=cfg.lock_wait, log=log):
+            summary = _score_nights(
+                refs,
+                scores_root,
+                client,
+                card,
+                keras_path,
+                threshold,
+                cfg,
+                skip_complete,
+                progress,
+                log,
+                t0,
+            )
+    finally:
+        with contextlib.suppress(Exception):  # a worker plugin left behind only warms up
+            client.unregister_worker_plugin(WarmUp.name)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _score_nights(
-    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log
+    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log, t0
 ) -> ScoreSummary:
     """The body of :func:`score`, run with the nights' writer locks held."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
     summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
-    key = f"{card.sha256[:16]}-t{threshold:.6f}-p{cfg.part_stamps}"
+    check_space(refs, scores_root, card, threshold, cfg, skip_complete)
+    key = sink.run_key(card.sha256, threshold, cfg.part_stamps)
     jobs: dict = {}
-    plans: dict[tuple[str, int], dict] = {}
+    plans: dict[tuple[str, int], NightScoring] = {}
     for ref in refs:
         attrs = zstore.verify_night(ref.path)
         if attrs is None:
             log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
             continue
-        want = {
-            "model_sha256": card.sha256,
-            "threshold": threshold,
-            "store_fingerprint": attrs.get("input_fingerprint"),
-            "n_stamps": int(attrs["n_stamps"]),
-        }
-        m = skip_complete and scores_complete(
+        night_fp, n_stamps = zstore.fingerprint_of(attrs), int(attrs["n_stamps"])
+        m = skip_complete and sink.current_scores(
             scores_root,
             ref.season,
             ref.night,
-            store_fingerprint=want["store_fingerprint"],
+            night_fp=night_fp,
             model_sha256=card.sha256,
             threshold=threshold,
-            n_stamps=want["n_stamps"],
+            n_stamps=n_stamps,
         )
         if m:
             summary.nights.append(
@@ -353,14 +271,15 @@ def _score_nights(
         sink.discard_staging(scores_root, ref.season, ref.night, keep=key)
         stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
         stage.mkdir(parents=True, exist_ok=True)
-        run = _run_identity(stage)
-        slices = zstore.shard_slices(want["n_stamps"], cfg.part_stamps)
-        plan = {"ref": ref, "stage": stage, "want": want, "run": run, "left": 0, "stats": {}}
+        plan = NightScoring(ref, stage, night_fp, n_stamps, sink.run_identity(stage))
         plans[(ref.season, ref.night)] = plan
+        # An empty night (every stamp quarantined) still publishes one part, of no rows: its
+        # scores exist, and readers and reports see the night.
+        slices = zstore.shard_slices(n_stamps, cfg.part_stamps) or [slice(0, 0)]
         for i, sl in enumerate(slices):
-            part = sink.part_path(stage, i)
+            part = sink.part_path(stage, i, plan.run["run_id"])
             if sink.part_rows(part) == sl.stop - sl.start:
-                plan["stats"][i] = _part_stats(part)  # resumed: done in an earlier run
+                plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
                 continue
             fut = client.submit(
                 score_shard,
@@ -372,44 +291,68 @@ def _score_nights(
                 threshold,
                 cfg.batch_size,
                 cfg.mixed_precision,
-                run["run_id"],
-                run["scored_at"],
+                plan.run["run_id"],
+                plan.run["scored_at"],
                 pure=False,
             )
             jobs[fut] = ((ref.season, ref.night), i)
-            plan["left"] += 1
-    bar = tqdm(total=len(jobs), desc="score", unit="shard", disable=not progress or not jobs)
+            plan.left += 1
+    bar = tqdm(total=len(jobs), desc="score", unit="part", disable=not progress or not jobs)
     for fut in as_completed(jobs):
         k, i = jobs[fut]
         plan = plans[k]
-        plan["stats"][i] = fut.result()
-        plan["left"] -= 1
+        plan.stats[i] = fut.result()
+        plan.left -= 1
+        if summary.first_part_seconds is None:
+            summary.first_part_seconds = time.perf_counter() - t0
         bar.update(1)
-        if plan["left"] == 0:  # publish each night as soon as its last shard lands
+        if plan.left == 0:  # publish each night as soon as its last part lands
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     bar.close()
     for plan in plans.values():
-        if "published" not in plan:  # every part was staged by an earlier, killed run
+        if not plan.published:  # every part was staged by an earlier, killed run
             summary.nights.append(_publish(plan, scores_root, card, threshold))
     summary.nights.sort(key=lambda n: (n.season, n.night))
     return summary
 
 
-def _run_identity(stage: Path) -> dict:
-    """The run id and time of a night's scoring, kept in staging so a resumed run reuses them."""
-    path = stage / "_run.json"
+def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, skip_complete: bool):
+    """Fail before scoring when the scores' filesystem lacks the space the nights need.
+
+    Estimated from what Parquet parts measure (about 14 bytes a stamp and 3 KiB a part, zstd):
+    :data:`s2v_batch.sink.PART_BYTES_PER_STAMP` a stamp plus :data:`~s2v_batch.sink.PART_OVERHEAD`
+    a part, for every night not skipped as current.
+
+    Raises
+    ------
+    s2v_batch.faults.InsufficientSpaceError
+    """
+    stamps = parts = nights = 0
+    for ref in refs:
+        attrs = zstore.read_attrs(ref.path)
+        n = int(attrs.get("n_stamps", 0))
+        current = skip_complete and sink.current_scores(
+            scores_root, ref.season, ref.night, night_fp=zstore.fingerprint_of(attrs),
+            model_sha256=card.sha256, threshold=threshold, n_stamps=n,
+        )  # fmt: skip
+        if not current:
+            stamps += n
+            parts += len(zstore.shard_slices(n, cfg.part_stamps))
+            nights += 1
+    need = stamps * sink.PART_BYTES_PER_STAMP + parts * sink.PART_OVERHEAD
+    if nights:
+        what = f"scoring {stamps:,} stamps of {nights} night(s) (estimated)"
+        ensure_free_space(scores_root, need, what)
+
+
+def _stamps_dtype(night: Path) -> str | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        run = {
-            "run_id": uuid.uuid4().hex,
-            "scored_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        }
-        write_bytes_atomic(path, json.dumps(run).encode())
-        return run
+        return StampReader(zstore.stamps_path(night)).dtype.str
+    except (OSError, ValueError, KeyError):
+        return None
 
 
-def _part_stats(part: Path) -> dict:
+def _part_stats(part: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     t = pq.read_table(part, columns=["is_candidate", "score"])
@@ -420,27 +363,25 @@ def _part_stats(part: Path) -> dict:
     }
 
 
-def _publish(plan: dict, scores_root, card, threshold: float) -> NightScore:
-    ref, stats = plan["ref"], plan["stats"].values()
+def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightScore:
+    ref, stats = plan.ref, plan.stats.values()
     n = sum(s["n"] for s in stats)
-    if n != plan["want"]["n_stamps"]:
-        raise ScoringError(
-            f"{ref.season}/{ref.night}: {n} rows scored, expected {plan['want']['n_stamps']}"
-        )
+    if n != plan.n_stamps:
+        raise ScoringError(f"{ref.season}/{ref.night}: {n} rows scored, expected {plan.n_stamps}")
     n_cand = sum(s["n_candidates"] for s in stats)
     n_err = sum(s["n_errors"] for s in stats)
-    (plan["stage"] / "_run.json").unlink(missing_ok=True)
-    manifest = {
-        **plan["want"],
-        **plan["run"],
-        "season": ref.season,
-        "night": ref.night,
-        "n_candidates": n_cand,
-        "n_errors": n_err,
-        "model_name": card.name,
-        "model_version": card.version,
-        "training_data": card.training_data,
-    }
-    dest = sink.publish_night(plan["stage"], scores_root, ref.season, ref.night, manifest)
-    plan["published"] = True
+    manifest = sink.manifest_for(
+        night_fp=plan.night_fp,
+        model=card.to_dict(),
+        run=plan.run,
+        threshold=threshold,
+        season=ref.season,
+        night=ref.night,
+        n_stamps=n,
+        n_candidates=n_cand,
+        n_errors=n_err,
+        survey=survey_of_season(ref.season),
+    )
+    dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
+    plan.published = True
     return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)

@@ -102,7 +102,8 @@ def test_slurm_spec_renders_its_job_script_without_slurm(tmp_path: Path, monkeyp
     assert "export XLA_PYTHON_CLIENT_PREALLOCATE=false" in lines
     (worker,) = [line for line in lines if "distributed.cli.dask_worker" in line]
     assert "--lifetime 55m --lifetime-stagger 4m" in worker
-    assert "--local-directory $TMPDIR" in worker
+    assert "--local-directory ${TMPDIR:-/tmp}" in worker
+    assert "--dashboard-address 127.0.0.1:0" in worker  # the worker's HTTP port: node loopback
     assert "--interface ib0" in worker
     # TLS: the scheduler speaks tls:// and each worker is given the temporary credentials.
     assert address.startswith("tls://127.0.0.1:")
@@ -127,3 +128,34 @@ def test_bad_specs_raise_cluster_errors(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml")
     with pytest.raises(ClusterError):
         ClusterSpec(kind="cuda-typo")
+
+
+@pytest.mark.parametrize("ref", ["local", "local.yaml", "cluster/local.yaml", "cluster/local"])
+def test_a_shipped_spec_is_found_by_name_from_any_folder(ref, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the checkout: `cluster/local.yaml` is not a file here
+    spec = load_spec(ref)
+    assert spec.kind == "local" and spec.options == load_spec(SPECS / "local.yaml").options
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "local.yaml").write_text(
+        "kind: address\noptions: {address: tcp://127.0.0.1:9999}\n"
+    )
+    assert load_spec("cluster/local.yaml").kind == "address"  # the user's edited copy
+    assert load_spec("local").kind == "local"  # the bare name: the shipped one
+
+
+def test_an_unknown_spec_is_one_line_listing_the_shipped_names(tmp_path, monkeypatch) -> None:
+    from s2v_batch import resources
+
+    monkeypatch.chdir(tmp_path)
+    shipped = sorted(resources.shipped(resources.CLUSTER_SPECS))
+    assert shipped == sorted(p.stem for p in SPECS.glob("*.yaml"))
+    for ref in ("nope", "cluster/nope.yaml", str(tmp_path / "local.yaml"), "elsewhere/local.yaml"):
+        with pytest.raises(ClusterError) as err:
+            load_spec(ref)
+        msg = str(err.value)
+        assert "\n" not in msg and f"{ref!r} does not exist" in msg
+        assert f"(shipped: {', '.join(shipped)})" in msg

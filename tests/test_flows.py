@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,8 +23,8 @@ STAMPS = 120  # a night: enough for two ingest units and several score batches, 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two seasons: Y1 with a gif night (plus two corrupt stamps) and a tar night; Y2 one gif night."""
+    from s2v_batch.demo import pack_night_as_tar
     from s2v_batch.simulator import simulate
-    from s2v_flows.demo import pack_night_as_tar
 
     root = tmp_path_factory.mktemp("raw")
     y1 = simulate(root, season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=11)
@@ -76,6 +78,7 @@ def test_nightly_end_to_end_then_nothing_again(
     )
 
     assert first["season"] == "Y1" and first["night"] == night
+    assert first["status"] == "done"
     assert first["steps"] == {"ingest": "ingested", "score": "scored", "report": "done"}
     assert first["ingest"]["n_found"] == STAMPS + 2
     assert first["ingest"]["n_quarantined"] == 2  # the two corrupt stamps, with a reason
@@ -100,19 +103,87 @@ def test_nightly_end_to_end_then_nothing_again(
         raw=str(raw["root"]), night=night, model=str(model), cluster=address, **roots
     )
 
-    # Every step answered from Prefect's cache: no ingest, no scoring, no report written again.
-    assert second["steps"] == {"ingest": "cached", "score": "cached", "report": "cached"}
-    assert second["ingest"] == first["ingest"] and second["score"] == first["score"]
+    # The library finds the night stored and scored: nothing ingested or scored again.
+    assert second["steps"]["ingest"] == "skipped" and second["steps"]["score"] == "skipped"
+    for step in ("ingest", "score"):
+        assert {k: v for k, v in second[step].items() if k != "status"} == {
+            k: v for k, v in first[step].items() if k != "status"
+        }
     assert sink.read_manifest(roots["out"], "Y1", night)["run_id"] == run_id
     assert Path(first["ingest"]["path"]).stat().st_mtime_ns == store_mtime
 
-    # A cached step is only trusted while its output exists: remove the scores, they come back.
+    # A skip is only made on what is on disk: remove the scores, they come back.
     shutil.rmtree(sink.night_dir(roots["out"], "Y1", night))
     third = nightly_flow(
         raw=str(raw["root"]), night=night, model=str(model), cluster=address, **roots
     )
-    assert third["steps"]["ingest"] == "cached" and third["steps"]["score"] == "scored"
+    assert third["steps"]["ingest"] == "skipped" and third["steps"]["score"] == "scored"
     assert len(pd.read_parquet(roots["out"])) == STAMPS
+
+
+def _tree_identity(path: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (inode, mtime)}`` of every file and folder under ``path``: it changes
+    when the tree is written again, whether in place or swapped in."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in [path, *sorted(path.rglob("*"))]
+    }
+
+
+def test_nightly_redoes_a_night_whose_raw_files_changed(
+    prefect_harness, raw, address, make_test_model, tmp_path
+):
+    """Touching, adding or replacing a raw file of a finished night: the next nightly run
+    ingests and scores that night again; without a change it rewrites nothing."""
+    from s2v_batch import sink
+    from s2v_batch import store as zstore
+    from s2v_batch.decode import decode_gif
+    from s2v_flows.nightly import nightly_flow
+
+    root = tmp_path / "raw"
+    shutil.copytree(raw["root"], root)
+    night = raw["y2"]  # the Y2 gif night
+    roots = _roots(tmp_path)
+    kw = dict(raw=str(root), night=night, model=str(make_test_model("flows-a", "1", 1)))
+    stored = zstore.night_path(roots["store"], "Y2", night)
+    nightly_flow(**kw, cluster=address, **roots)
+    files = sorted((root / "Y2" / str(night)).rglob("*.gif"))
+    srch = [p for p in files if p.name.startswith("srch")]
+
+    def again() -> dict:
+        tree, run_id = _tree_identity(stored), sink.read_manifest(roots["out"], "Y2", night)
+        out = nightly_flow(**kw, cluster=address, **roots)
+        out["rewritten"] = _tree_identity(stored) != tree
+        out["rescored"] = (
+            sink.read_manifest(roots["out"], "Y2", night)["run_id"] != run_id["run_id"]
+        )
+        return out
+
+    out = again()
+    assert not out["rewritten"] and not out["rescored"]
+
+    st_ = files[4].stat()  # touched: same bytes, a new modification time
+    os.utime(files[4], ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    assert out["rewritten"] and out["rescored"]
+
+    sid = srch[2].name[4:-4]  # added: a new stamp, a copy of another under a new ID
+    for ch in ("srch", "temp", "diff"):
+        shutil.copy(srch[2].with_name(f"{ch}{sid}.gif"), srch[2].with_name(f"{ch}96000001.gif"))
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    assert out["ingest"]["n_stored"] == STAMPS + 1 and out["score"]["n_stamps"] == STAMPS + 1
+    assert 96000001 in set(pd.read_parquet(roots["out"], filters=[("season", "==", "Y2")]).stamp_id)
+
+    a, b = srch[0].name[4:-4], srch[1].name[4:-4]  # replaced: a's diff now holds b's
+    donor = srch[1].with_name(f"diff{b}.gif")
+    srch[0].with_name(f"diff{a}.gif").write_bytes(donor.read_bytes())
+    out = again()
+    assert (out["steps"]["ingest"], out["steps"]["score"]) == ("ingested", "scored")
+    ds = zstore.open_night(stored)
+    i = ds.stamp_id.values.tolist().index(int(a))
+    np.testing.assert_array_equal(ds.stamps.values[i, :, :, 2], decode_gif(donor.read_bytes(), 51))
 
 
 def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
@@ -138,7 +209,7 @@ def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
 
     model.write_bytes(good)
     again = nightly_flow(**kw, **roots)
-    assert again["steps"] == {"ingest": "cached", "score": "scored", "report": "done"}
+    assert again["steps"] == {"ingest": "skipped", "score": "scored", "report": "done"}
     assert again["ingest"]["n_found"] == again["ingest"]["n_stored"] == STAMPS
     assert again["score"]["n_stamps"] == STAMPS
 
@@ -146,26 +217,44 @@ def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
 def test_nightly_bad_input_fails_with_a_clear_error(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_flows.nightly import FlowInputError, last_night, nightly_flow
+    from s2v_batch.pipeline import InputError, NightError, NoDataError
+    from s2v_flows.nightly import nightly_flow
 
     model = str(make_test_model("flows-a", "1", 1))
     roots = _roots(tmp_path)
-    with pytest.raises(FlowInputError, match="no stamps under .* night 20200101"):
-        nightly_flow(raw=str(raw["root"]), night=20200101, model=model, cluster=address, **roots)
-    with pytest.raises(FlowInputError, match="YYYYMMDD"):
-        nightly_flow(
-            raw=str(raw["root"]), night="2013-09-01", model=model, cluster=address, **roots
-        )
-    with pytest.raises(FlowInputError, match="does not exist"):
-        nightly_flow(
-            raw=str(tmp_path / "nope"), night=20130901, model=model, cluster=address, **roots
-        )
+    kw = dict(raw=str(raw["root"]), model=model, cluster=address, **roots)
+    with pytest.raises(NoDataError, match="no data for night 20200101: no stamps under"):
+        nightly_flow(night=20200101, fail_if_no_data=True, **kw)
+    with pytest.raises(NightError, match="YYYYMMDD"):
+        nightly_flow(night="2013-09-01", **kw)
+    with pytest.raises(InputError, match="does not exist"):
+        nightly_flow(**{**kw, "raw": str(tmp_path / "nope")}, night=20130901)
+    assert not Path(roots["store"]).exists()  # nothing was written for bad input
+
+
+def test_a_night_without_data_completes_saying_so(
+    prefect_harness, raw, address, make_test_model, tmp_path
+):
+    from s2v_batch.pipeline import last_night
+    from s2v_flows.nightly import nightly_flow
+
+    model = str(make_test_model("flows-a", "1", 1))
+    kw = dict(raw=str(raw["root"]), model=model, cluster=address, **_roots(tmp_path))
     # No night: last night, from the run's scheduled time (here: now) in the observatory's zone.
     before = last_night(dt.datetime.now(dt.UTC))
-    with pytest.raises(FlowInputError, match="no stamps") as info:
-        nightly_flow(raw=str(raw["root"]), night=None, model=model, cluster=address, **roots)
+    state = nightly_flow(night=None, return_state=True, **kw)
     after = last_night(dt.datetime.now(dt.UTC))
-    assert f"night {before}" in str(info.value) or f"night {after}" in str(info.value)
+    assert state.is_completed()
+    out = state.result()
+    assert out["status"] == "no-data" and out["night"] in (before, after)
+    assert f"no data for night {out['night']}: no stamps under" in out["line"]
+    assert state.message.startswith(f"no data for night {out['night']}")
+    assert "latest earlier night folder there" in out["line"]  # the newest simulated night
+    # Waiting for late data: the run looks again until its window closes.
+    t0 = dt.datetime.now()
+    out = nightly_flow(night=20200101, wait_for_data=1.5, **kw)
+    assert out["status"] == "no-data" and "after waiting 1.5 s" in out["line"]
+    assert (dt.datetime.now() - t0).total_seconds() >= 1.5
 
 
 # --------------------------------------------------------------------------- retries
@@ -175,11 +264,11 @@ def test_retries_transient_errors_but_not_bad_input(prefect_harness):
     from prefect import flow, task
 
     from s2v_batch.ingest import IngestError
-    from s2v_flows.nightly import _RETRY
+    from s2v_flows.nightly import TASK
 
     calls: list[str] = []
 
-    @task(**{**_RETRY, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+    @task(**{**TASK, "retry_delay_seconds": 0, "retry_jitter_factor": None})
     def flaky(kind: str) -> int:
         calls.append(kind)
         if len(calls) == 1:
@@ -233,7 +322,7 @@ def test_backfill_skips_complete_nights_and_isolates_a_failing_one(
     third = backfill_flow(**kw, model=model_b, max_concurrency=1)
     assert sorted([d["season"], d["night"]] for d in third["done"]) == every[:2]
     assert all(
-        d["steps"]["ingest"] == "cached" and d["steps"]["score"] == "scored" for d in third["done"]
+        d["steps"]["ingest"] == "skipped" and d["steps"]["score"] == "scored" for d in third["done"]
     )
     (fail,) = third["failed"]
     assert (fail["season"], fail["night"]) == ("Y2", raw["y2"]) and "ValueError" in fail["error"]
@@ -276,12 +365,12 @@ def test_demo_simulates_runs_and_reuses_everything(
     assert out["season"]["n_stamps"] == 160
 
     again = run_demo(work, nights=2, stamps_per_night=80, seed=3, cluster=address, model=model)
-    assert all(set(r["steps"].values()) == {"cached"} for r in again["nights"])
-    assert "cached" in again["line"]
+    assert all(r["steps"]["ingest"] == r["steps"]["score"] == "skipped" for r in again["nights"])
 
 
 def test_demo_refuses_a_foreign_raw_folder(tmp_path):
-    from s2v_flows.demo import DemoError, run_demo
+    from s2v_batch.demo import DemoError
+    from s2v_flows.demo import run_demo
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "mine.txt").write_text("not the demo's")
@@ -305,7 +394,7 @@ def test_demo_refuses_a_foreign_raw_folder(tmp_path):
 def test_last_night_is_the_night_that_began_the_evening_before(when):
     from zoneinfo import ZoneInfo
 
-    from s2v_flows.nightly import OBSERVATORY_TZ, last_night
+    from s2v_batch.nights import OBSERVATORY_TZ, last_night
 
     night = last_night(when, OBSERVATORY_TZ)
     local = when.astimezone(ZoneInfo(OBSERVATORY_TZ))
@@ -315,14 +404,14 @@ def test_last_night_is_the_night_that_began_the_evening_before(when):
 
 
 def test_resolve_night():
-    from s2v_flows.nightly import FlowInputError, resolve_night
+    from s2v_batch.nights import NightError, resolve_night
 
     assert resolve_night(20130901) == resolve_night("20130901") == 20130901
     assert isinstance(resolve_night(None), int) and resolve_night("last") == resolve_night(None)
     for bad in (20131301, "tomorrow", True, 2013):
-        with pytest.raises(FlowInputError):
+        with pytest.raises(NightError):
             resolve_night(bad)
-    with pytest.raises(FlowInputError, match="timezone"):
+    with pytest.raises(NightError, match="timezone"):
         resolve_night(None, "Mars/Olympus_Mons")
 
 
@@ -344,8 +433,12 @@ def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
     accepted = nightly_flow.parameters.properties
     assert set(params) <= set(accepted)
     assert set(nightly_flow.parameters.required or []) <= set(params)
+    # The deployment's config file is read as written (not defaults).
     cfg = PipelineConfig.from_yaml(REPO / params["config"])
-    assert cfg.report.seconds_per_stamp > 0
+    written = yaml.safe_load((REPO / params["config"]).read_text())
+    for section, values in written.items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (section, key)
 
 
 def test_serve_builds_a_scheduled_deployment(prefect_harness):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ from hypothesis.extra import numpy as hnp
 
 from s2v_batch import store as zstore
 from s2v_batch.config import IngestConfig
-from s2v_batch.ingest import IngestError, ingest, plan_shards
+from s2v_batch.conventions import CHANNELS
+from s2v_batch.decode import FILL_1E30, StampError, combine_channels, decode_fits, decode_gif
+from s2v_batch.ingest import IngestError, ingest
 from s2v_batch.simulator import fits_bytes, render_gif, simulate
-from s2v_batch.stamps import StampError, decode_fits, decode_gif
+from s2v_batch.staging import plan_shards
 
 CFG = IngestConfig(unit_stamps=64, shard_stamps=128, chunk_stamps=32)
 
@@ -64,7 +67,7 @@ def _dataset_equal(a: Path, b: Path) -> None:
     da_, db_ = xr.open_zarr(a), xr.open_zarr(b)
     for name in ("stamps", "stamp_id", "label", "masked_fraction"):
         np.testing.assert_array_equal(da_[name].values, db_[name].values)
-    keep = ("n_stamps", "n_quarantined", "input_fingerprint", "source_format")
+    keep = ("n_stamps", "n_quarantined", "night_fingerprint", "source_format")
     assert {k: da_.attrs[k] for k in keep} == {k: db_.attrs[k] for k in keep}
 
 
@@ -108,14 +111,71 @@ def test_pixels_match_the_files(client, raws, tmp_path):
         np.testing.assert_array_equal(ds.stamps.values[i, :, :, c], by_ch[ch])
 
 
-def test_masked_fits_stamps_are_stored_finite(client, raws, tmp_path):
+def _fits_extras(night_dir: Path) -> dict[int, str]:
+    """Hand-made fits stamps beside the simulated ones: Inf, -Inf and the 1e-30 fill, and
+    BSCALE/BZERO scaling on float32 and on int16 data. Returns {stamp_id: what}."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(8)
+    d = night_dir / "ccd99"
+    d.mkdir()
+    base = rng.normal(100.0, 5.0, (3, 51, 51)).astype(np.float32)
+    masked = base.copy()
+    masked[0, :3, :] = np.inf  # srch: a saturated edge
+    masked[0, 3, :5] = -np.inf
+    masked[1, :, -4:] = FILL_1E30  # temp: the DES fill value for masked pixels
+    masked[2, 10:12, 10:12] = np.nan
+    for c, ch in enumerate(CHANNELS):
+        (d / f"{ch}97000001.fits").write_bytes(fits_bytes(masked[c], {}))
+        # float32 data with scaling cards: the pixels are 2 * data + 100
+        (d / f"{ch}97000002.fits").write_bytes(fits_bytes(base[c], {"BSCALE": 2.0, "BZERO": 100.0}))
+        # int16 data with BSCALE/BZERO, as astropy writes them (exactly representable values)
+        hdu = fits.PrimaryHDU(data=np.round(base[c] * 4) / 4)
+        hdu.scale("int16", bscale=0.25, bzero=64.0)
+        buf = io.BytesIO()
+        hdu.writeto(buf)
+        (d / f"{ch}97000003.fits").write_bytes(buf.getvalue())
+    return {97000001: "inf and fill", 97000002: "float32 scaled", 97000003: "int16 scaled"}
+
+
+def test_fits_pixels_and_masks_match_the_files(client, raws, tmp_path):
+    """Every stored fits stamp against its three files read by astropy (an independent reader):
+    unmasked pixels equal, masked ones (NaN, +-Inf, the 1e-30 fill) the channel's median of the
+    rest; the masked fraction equals the simulator's CSV (``MASKFRAC``, as written)."""
+    from astropy.io import fits
+
     sim = raws["fits"]
-    ingest(sim.out, tmp_path, client, config=CFG, progress=False)
-    ds = xr.open_zarr(zstore.list_nights(tmp_path)[0].path)
-    frac = ds.masked_fraction.values
-    assert (frac > 0).any(), "the simulator masks some stamps (CCD edges)"
-    assert (frac < 1).all()
-    assert np.isfinite(ds.stamps.values).all()
+    shutil.copytree(sim.out, tmp_path / "raw")
+    (night,) = sim.nights
+    extras = _fits_extras(tmp_path / "raw" / sim.season / str(night))
+    ingest(tmp_path / "raw", tmp_path / "store", client, config=CFG, progress=False)
+    ds = zstore.open_night(zstore.night_path(tmp_path / "store", sim.season, night))
+    ids, frac, stamps = ds.stamp_id.values, ds.masked_fraction.values, ds.stamps.values
+    assert set(ids.tolist()) == set(_csv(sim).index.tolist()) | set(extras)
+    assert stamps.dtype == np.float32 and np.isfinite(stamps).all()
+
+    files = {p.name: p for p in (tmp_path / "raw").rglob("*.fits")}
+    kinds = {"nan": 0, "fill": 0, "inf": 0}
+    for i, sid in enumerate(ids.tolist()):
+        n_masked = 0
+        for c, ch in enumerate(CHANNELS):
+            raw = fits.getdata(files[f"{ch}{sid}.fits"]).astype(np.float32)
+            masked = ~np.isfinite(raw) | (raw == FILL_1E30)
+            kinds["nan"] += int(np.isnan(raw).any())
+            kinds["inf"] += int(np.isinf(raw).any())
+            kinds["fill"] += int((raw == FILL_1E30).any())
+            got = stamps[i, :, :, c]
+            np.testing.assert_array_equal(got[~masked], raw[~masked], err_msg=f"{sid} {ch}")
+            if masked.any():
+                assert (got[masked] == np.median(raw[~masked])).all(), f"{sid} {ch}"
+            n_masked += int(masked.sum())
+        assert frac[i] == np.float32(n_masked / (3 * 51 * 51)), sid
+    assert all(kinds.values()), kinds  # every kind of masked pixel was read
+    sim_rows = ~np.isin(ids, list(extras))
+    expected = _csv(sim).loc[ids[sim_rows], "MASKFRAC"].to_numpy()
+    as_written = np.array([float(f"{v:.6g}") for v in frac[sim_rows]])  # the CSV's %.6g
+    np.testing.assert_array_equal(as_written, expected)
+    assert (expected > 0).any()  # the simulator masked some stamps (CCD edges)
 
 
 def test_idempotent_and_verified_resume(client, raws, tmp_path):
@@ -146,52 +206,129 @@ def test_changed_labels_reingest(client, raws, tmp_path):
     assert set(np.unique(ds.label.values)) == {0, 1}
 
 
-def _corrupt_copy(src: Path, dst: Path) -> dict[str, str]:
-    """A copy of a gif raw tree with every kind of bad input; returns {what: expected reason part}."""
+def _tree_identity(path: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (inode, mtime)}`` of every file and folder under ``path``: it changes
+    when the tree is written again, whether in place or swapped in."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in [path, *sorted(path.rglob("*"))]
+    }
+
+
+def test_a_changed_raw_file_reingests_its_night(client, raws, tmp_path):
+    """Touching, adding or replacing a raw file of a finished night makes ingest redo that night
+    (and only that one); an unchanged tree is skipped without a write."""
+    sim = raws["gif"]
+    raw, store = tmp_path / "raw", tmp_path / "store"
+    shutil.copytree(sim.out, raw)
+    n1, n2 = sim.nights
+    ingest(raw, store, client, labels=sim.labels_csv, config=CFG, progress=False)
+    paths = {n: zstore.night_path(store, "Y1", n) for n in (n1, n2)}
+    files = sorted((raw / "Y1" / str(n1)).rglob("*.gif"))
+    srch = [p for p in files if p.name.startswith("srch")]
+
+    def run() -> dict[int, str]:
+        before = {n: _tree_identity(p) for n, p in paths.items()}
+        s = ingest(raw, store, client, labels=sim.labels_csv, config=CFG, progress=False)
+        after = {n: _tree_identity(p) for n, p in paths.items()}
+        status = {n.night: n.status for n in s.nights}
+        for n in (n1, n2):  # rewritten exactly when reported ingested
+            assert (before[n] != after[n]) == (status[n] == "ingested"), (n, status)
+        return status
+
+    assert run() == {n1: "skipped", n2: "skipped"}
+
+    # Touched: same bytes, a new modification time.
+    st_ = files[5].stat()
+    os.utime(files[5], ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))
+    assert run() == {n1: "ingested", n2: "skipped"}
+    assert run() == {n1: "skipped", n2: "skipped"}
+
+    # Added: a new stamp (a copy of another's files under a new ID).
+    src_id = srch[3].name[4:-4]
+    for ch in CHANNELS:
+        shutil.copy(srch[3].with_name(f"{ch}{src_id}.gif"), srch[3].with_name(f"{ch}97000009.gif"))
+    assert run() == {n1: "ingested", n2: "skipped"}
+    ds = zstore.open_night(paths[n1])
+    ids = ds.stamp_id.values.tolist()
+    assert ds.sizes["stamp"] == len(srch) + 1 and 97000009 in ids
+    np.testing.assert_array_equal(
+        ds.stamps.values[ids.index(97000009)], ds.stamps.values[ids.index(int(src_id))]
+    )
+
+    # Replaced: one stamp's diff file now holds another stamp's diff.
+    a, b = srch[0].name[4:-4], srch[1].name[4:-4]
+    donor = srch[1].with_name(f"diff{b}.gif")
+    srch[0].with_name(f"diff{a}.gif").write_bytes(donor.read_bytes())
+    assert run() == {n1: "ingested", n2: "skipped"}
+    ds = zstore.open_night(paths[n1])
+    ids = ds.stamp_id.values.tolist()
+    np.testing.assert_array_equal(
+        ds.stamps.values[ids.index(int(a)), :, :, 2], decode_gif(donor.read_bytes(), 51)
+    )
+
+
+def _corrupt_copy(src: Path, dst: Path) -> list[dict]:
+    """A copy of a gif raw tree with every kind of bad input.
+
+    Returns the quarantine rows expected, exactly: ``stamp_id`` (None where there is none),
+    ``night`` (None for an unplaced file), a part of ``path`` and the start of ``reason``.
+    """
     shutil.copytree(src, dst)
     night1, night2 = sorted((dst / "Y1").iterdir())
+    n1, n2 = int(night1.name), int(night2.name)
     files = sorted(night1.rglob("*.gif"))
 
     def pick(ch: str, k: int) -> Path:
         return [p for p in files if p.name.startswith(ch)][k]
 
-    expect = {}
+    expect: list[dict] = []
+
+    def bad(p: Path, reason: str) -> None:
+        sid = p.name[4:-4]
+        expect.append({"stamp_id": int(sid), "night": n1, "path": sid, "reason": reason})
+
     p = pick("diff", 0)
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
-    expect[p.name[4:-4]] = "diff: corrupt gif"
+    bad(p, "diff: corrupt gif")
     p = pick("srch", 1)
     p.write_bytes(b"")
-    expect[p.name[4:-4]] = "srch: empty file"
+    bad(p, "srch: empty file")
     p = pick("temp", 2)
     p.unlink()
-    expect[p.name[4:-4]] = "missing channel temp"
+    bad(p, "missing channel temp")
     p = pick("diff", 3)
     p.write_bytes(render_gif(np.zeros((50, 51), np.float32), "diff"))
-    expect[p.name[4:-4]] = "diff: shape (50, 51)"
+    bad(p, "diff: shape (50, 51)")
     p = pick("srch", 4)
     p.write_bytes(b"GIF89a this is not an image at all")
-    expect[p.name[4:-4]] = "srch: corrupt gif"
+    bad(p, "srch: corrupt gif")
     # A non-numeric ID.
     d = pick("srch", 5).parent
     for ch in ("srch", "temp", "diff"):
         (d / f"{ch}abc12.gif").write_bytes(pick(ch, 6).read_bytes())
-    expect["abc12"] = "non-numeric stamp ID"
+    expect.append(
+        {"stamp_id": None, "night": n1, "path": "abc12", "reason": "non-numeric stamp ID"}
+    )
     # The same ID in the second night: the later one is the duplicate.
     sid = pick("srch", 7).name[4:-4]
     dd = next(p for p in night2.iterdir() if p.is_dir())
     for ch in ("srch", "temp", "diff"):
         (dd / f"{ch}{sid}.gif").write_bytes(pick(ch, 7).read_bytes())
-    expect["dup"] = "duplicate stamp_id"
+    expect.append(
+        {"stamp_id": int(sid), "night": n2, "path": str(dd), "reason": "duplicate stamp_id"}
+    )
     # A fits stamp with an all-NaN channel and one with an all-Inf channel.
     fd = night2 / "ccdfits"
     fd.mkdir()
     img = np.ones((51, 51), np.float32)
-    for sid, bad in (("99000001", np.nan), ("99000002", np.inf)):
+    for sid, value in (("99000001", np.nan), ("99000002", np.inf)):
         for ch in ("srch", "temp", "diff"):
-            data = np.full((51, 51), bad, np.float32) if ch == "temp" else img
+            data = np.full((51, 51), value, np.float32) if ch == "temp" else img
             (fd / f"{ch}{sid}.fits").write_bytes(fits_bytes(data, {}))
-    expect["99000001"] = "temp: all pixels NaN/Inf/masked"
-    expect["99000002"] = "temp: all pixels NaN/Inf/masked"
+        expect.append(
+            {"stamp_id": int(sid), "night": n2, "path": sid, "reason": "temp: all pixels NaN/Inf"}
+        )
     # A tar archive with a corrupt member and a truncated tail.
     night3 = dst / "Y1" / "20131231"
     night3.mkdir()
@@ -209,13 +346,22 @@ def _corrupt_copy(src: Path, dst: Path) -> dict[str, str]:
     # Cut inside the last member's data: srch and temp of 88000003 survive, diff is truncated.
     last = tarfile.open(fileobj=io.BytesIO(raw_tar)).getmembers()[-1]
     (night3 / "stamps_000.tar").write_bytes(raw_tar[: last.offset_data + 100])
-    expect["88000001"] = "temp: corrupt gif"
-    expect["88000003"] = "missing channel diff"
-    expect["archive"] = "truncated tar archive"
+    for sid, reason in (("88000001", "temp: corrupt gif"), ("88000003", "missing channel diff")):
+        expect.append({"stamp_id": int(sid), "night": 20131231, "path": sid, "reason": reason})
+    expect.append(
+        {"stamp_id": None, "night": 20131231, "path": "stamps_000.tar", "reason": "truncated tar"}
+    )
     # A stamp outside any season/night folder.
     (dst / "loose").mkdir()
     (dst / "loose" / "srch5.gif").write_bytes(pick("srch", 9).read_bytes())
-    expect["unplaced"] = "no <season>/<YYYYMMDD> folder"
+    expect.append(
+        {
+            "stamp_id": None,
+            "night": None,
+            "path": "loose/srch5.gif",
+            "reason": "no <season>/<YYYYMMDD>",
+        }
+    )
     return expect
 
 
@@ -230,29 +376,43 @@ def test_bad_input_is_quarantined_with_reasons(client, raws, tmp_path):
         config=CFG,
         progress=False,
     )
-    assert s.n_found == s.n_stored + s.n_quarantined
     q = pd.concat(
         [pd.read_parquet(p) for p in sorted((tmp_path / "store").rglob("quarantine*.parquet"))]
     )
     assert {"stamp_id", "season", "night", "path", "reason"} <= set(q.columns)
-    assert len(q) == s.n_quarantined
-    reasons = q.reason.tolist()
-    for what, reason in expect.items():
-        assert any(reason in r for r in reasons), (
-            f"{what}: no quarantine reason containing {reason!r}"
-        )
-    for key in ("abc12",):
-        assert q.path.str.contains(key).any()
+    # Exactly the expected rows, one each: a good stamp quarantined, or a bad one with the wrong
+    # reason, night or ID, fails here.
+    rows = q.to_dict("records")
+    for row in rows:
+        row["stamp_id"] = None if pd.isna(row["stamp_id"]) else int(row["stamp_id"])
+        row["night"] = None if pd.isna(row["night"]) else int(row["night"])
+        row["season"] = None if pd.isna(row["season"]) else row["season"]
+    unmatched = list(rows)
+    for e in expect:
+        hits = [
+            r
+            for r in unmatched
+            if (r["stamp_id"], r["night"]) == (e["stamp_id"], e["night"])
+            and e["path"] in r["path"]
+            and r["reason"].startswith(e["reason"])
+            and r["season"] == (None if e["night"] is None else "Y1")
+        ]
+        assert len(hits) == 1, f"expected one quarantine row like {e}, got {hits}"
+        unmatched.remove(hits[0])
+    assert unmatched == [], f"unexpected quarantine rows: {unmatched}"
+    assert s.n_quarantined == len(expect)
+    # Every other stamp is stored, once: the simulated ones but the five damaged in place, the
+    # good stamp of the damaged archive.
     stored = np.concatenate(
         [xr.open_zarr(r.path).stamp_id.values for r in zstore.list_nights(tmp_path / "store")]
     )
     assert len(np.unique(stored)) == len(stored)
-    bad_ids = {int(k) for k in expect if k.isdigit()}
-    assert not bad_ids & set(stored.tolist())
-    assert 88000002 in stored  # the good stamp of the damaged archive is kept
+    damaged = {e["stamp_id"] for e in expect if e["night"] == int(sorted(sim.nights)[0])}
+    good = set(_csv(sim).index.tolist()) - damaged
+    assert set(stored.tolist()) == good | {88000002}
     # Added: abc12, the duplicate, two fits stamps, three archive stamps plus the archive's own
     # failure entry, and the unplaced file.
-    assert s.n_found == sim.n_stamps + 1 + 1 + 2 + 3 + 1 + 1
+    assert s.n_found == sim.n_stamps + 1 + 1 + 2 + 3 + 1 + 1 == s.n_stored + s.n_quarantined
 
 
 def test_no_stamps_is_a_clear_error(client, tmp_path):
@@ -263,9 +423,43 @@ def test_no_stamps_is_a_clear_error(client, tmp_path):
         ingest(tmp_path / "nowhere", tmp_path / "store", client, progress=False)
 
 
+def _staged_units(store: Path, season: str) -> dict[str, tuple[int, int, int, int]]:
+    """The staged units of a season's unfinished nights: ``{unit: (inode, mtime) of its .npy and
+    of its .meta.npz}``. Layout: ``STORE/<season>/.staging-<night>-<fp12>/unit-*.{npy,meta.npz}``;
+    a unit is staged once its ``.meta.npz`` (written last) exists."""
+    out = {}
+    for meta in (store / season).glob(".staging-*/*.meta.npz"):
+        npy = meta.with_name(meta.name.replace(".meta.npz", ".npy"))
+        try:
+            a, b = npy.stat(), meta.stat()
+        except FileNotFoundError:  # the night finished and its staging was removed meanwhile
+            continue
+        out[f"{meta.parent.name}/{meta.name}"] = (a.st_ino, a.st_mtime_ns, b.st_ino, b.st_mtime_ns)
+    return out
+
+
+def _kill_when(cmd: list[str], env: dict, done: Callable[[], bool]) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group (workers included)
+    as soon as ``done()``."""
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not done():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
-def test_killed_ingest_resumes_to_the_same_store(raws, tmp_path):
-    """SIGKILL the whole `s2v ingest` process half way; the re-run gives the clean run's store."""
+def test_killed_ingest_resumes_to_the_same_store(tmp_path):
+    """SIGKILL `s2v ingest` (and its workers) twice while it decodes; each re-run keeps the units
+    staged before it, and the last one gives the clean run's store."""
+    n_units = 12
     sim = simulate(
         tmp_path / "raw", season="Y3", nights=1, stamps_per_night=1200, fmt="gif", seed=9
     )
@@ -288,27 +482,26 @@ def test_killed_ingest_resumes_to_the_same_store(raws, tmp_path):
         [*cmd, "--store", str(tmp_path / "clean")], env=env, capture_output=True, text=True
     )
     assert clean.returncode == 0, clean.stderr
-    proc = subprocess.Popen(
-        [*cmd, "--store", str(tmp_path / "s")],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    staging = tmp_path / "s" / "Y3"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(staging.glob(".staging-*/*.meta.npz"))) < 3:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not zstore.list_nights(tmp_path / "s"), "killed before the night was finished"
-    again = subprocess.run(
-        [*cmd, "--store", str(tmp_path / "s")], env=env, capture_output=True, text=True
-    )
+    store = tmp_path / "s"
+    killed = [*cmd, "--store", str(store)]
+
+    # Killed while decoding: some units staged, not all, and no night published.
+    _kill_when(killed, env, lambda: len(_staged_units(store, "Y3")) >= 3)
+    first = _staged_units(store, "Y3")
+    assert 3 <= len(first) < n_units and not zstore.list_nights(store)
+
+    # Killed again after it staged two more units: the first ones were reused, not redone.
+    _kill_when(killed, env, lambda: len(_staged_units(store, "Y3")) >= len(first) + 2)
+    second = _staged_units(store, "Y3")
+    assert len(first) < len(second) < n_units and not zstore.list_nights(store)
+    assert {u: second.get(u) for u in first} == first, "staged units were written again"
+
+    again = subprocess.run(killed, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "1200 stamps found = 1200 stored + 0 quarantined" in again.stdout
+    assert _staged_units(store, "Y3") == {}  # staging is removed with the finished night
     _dataset_equal(
-        zstore.list_nights(tmp_path / "s")[0].path, zstore.list_nights(tmp_path / "clean")[0].path
+        zstore.list_nights(store)[0].path, zstore.list_nights(tmp_path / "clean")[0].path
     )
 
 
@@ -352,26 +545,79 @@ def test_plan_shards_covers_rows_in_order(lengths, shard):
 @given(n=st.integers(0, 5000), shard=st.integers(1, 600))
 def test_shard_slices_partition(n, shard):
     sl = zstore.shard_slices(n, shard)
-    assert sum(s.stop - s.start for s in sl) == n
-    assert all(s.start % shard == 0 for s in sl)
-    assert all(a.stop == b.start for a, b in zip(sl, sl[1:], strict=False))
+    assert len(sl) == -(-n // shard)
+    if sl:
+        assert sl[0].start == 0 and sl[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(sl, sl[1:], strict=False))  # contiguous
+    assert all(0 < s.stop - s.start <= shard for s in sl)
+    assert all(s.stop - s.start == shard for s in sl[:-1])  # all but the last are full
+    assert [i for s in sl for i in range(s.start, s.stop)] == list(range(n))
+
+
+_SPECIAL = st.sampled_from([np.nan, np.inf, -np.inf, 1e-30, -0.0, 0.0]).map(np.float32)
+
+
+@settings(max_examples=50, deadline=None)
+@given(img=hnp.arrays(np.float32, (13, 13), elements=st.floats(-1e6, 1e6, width=32) | _SPECIAL))
+def test_fits_round_trip(img):
+    """NaN, +-Inf and the 1e-30 fill come back bit for bit (masking is the ingest's job)."""
+    np.testing.assert_array_equal(decode_fits(fits_bytes(img, {}), 13), img)
 
 
 @settings(max_examples=50, deadline=None)
 @given(
-    img=hnp.arrays(
-        np.float32, (51, 51), elements=st.floats(-1e6, 1e6, width=32) | st.just(np.float32(np.nan))
-    )
+    data=hnp.arrays(np.int16, (13, 13), elements=st.integers(-32768, 32767)),
+    bscale=st.floats(1e-3, 1e3),
+    bzero=st.floats(-1e5, 1e5),
 )
-def test_fits_round_trip(img):
-    np.testing.assert_array_equal(decode_fits(fits_bytes(img, {}), 51), img)
+def test_fits_bscale_bzero_are_applied(data, bscale, bzero):
+    """Integer FITS with BSCALE/BZERO decode to the physical values astropy reads."""
+    from astropy.io import fits
+
+    hdu = fits.PrimaryHDU(data=data)
+    hdu.header["BSCALE"] = bscale
+    hdu.header["BZERO"] = bzero
+    buf = io.BytesIO()
+    hdu.writeto(buf, output_verify="silentfix")
+    raw = buf.getvalue()
+    expect = fits.getdata(io.BytesIO(raw)).astype(np.float64)
+    got = decode_fits(raw, 13)
+    assert got.dtype == np.float32
+    # Both compute in float32: they may differ by the rounding of one product and one sum.
+    tol = 4 * np.finfo(np.float32).eps * (np.abs(data * np.float64(bscale)) + abs(bzero))
+    assert (np.abs(got - expect) <= tol + 1e-30).all()
+    physical = data * np.float64(bscale) + bzero
+    assert (np.abs(got - physical) <= tol + 1e-30).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    img=hnp.arrays(np.float32, (3, 9, 9), elements=st.floats(-1e4, 1e4, width=32)),
+    mask=hnp.arrays(np.bool_, (3, 9, 9)),
+    fill=st.sampled_from([np.nan, np.inf, -np.inf, 1e-30]).map(np.float32),
+)
+def test_masked_pixels_become_the_channel_median(img, mask, fill):
+    """What ingest stores for a masked pixel (NaN, +-Inf or the 1e-30 fill): the median of the
+    channel's other pixels; the masked fraction is counted over all three channels."""
+    img = np.where(img == FILL_1E30, np.float32(0), img)  # a real pixel is never the fill value
+    raw = np.where(mask, fill, img)
+    if mask.all(axis=(1, 2)).any():
+        with pytest.raises(StampError, match="all pixels NaN/Inf/masked"):
+            combine_channels(list(raw))
+        return
+    out, frac = combine_channels(list(raw))
+    assert out.shape == (9, 9, 3) and np.isfinite(out).all()
+    assert frac == mask.sum() / mask.size
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c][~mask[c]], img[c][~mask[c]])
+        assert (out[..., c][mask[c]] == np.median(img[c][~mask[c]])).all()
 
 
 _GIF = render_gif(np.random.default_rng(4).normal(100, 30, (51, 51)).astype(np.float32), "srch")
 
 
 def test_giflib_and_pillow_decode_the_same_pixels():
-    import s2v_batch.stamps as stamps
+    import s2v_batch.decode as stamps
 
     pytest.importorskip("imagecodecs")
     w, h, bits, interlace, palette, offset, full = stamps._gif_image_block(_GIF)

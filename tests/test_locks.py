@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -86,17 +87,16 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 def test_ingest_and_score_wait_for_the_other_writer(raw, tmp_path, dask_client):
     store, scores = tmp_path / "store", tmp_path / "scores"
-    cfg = IngestConfig(unit_stamps=32, shard_stamps=64, chunk_stamps=32)
+    cfg = IngestConfig(unit_stamps=32, shard_stamps=64, chunk_stamps=32, lock_wait=0)
     holder = Holder(store / "Y1" / ".ingest.lock")
     try:
         with pytest.raises(StoreBusyError, match="season Y1"):
-            ingest(raw.out, store, dask_client, config=cfg, progress=False, lock_wait=0)
+            ingest(raw.out, store, dask_client, config=cfg, progress=False)
         assert not list((store / "Y1").glob("*.zarr")), "nothing written while refused"
         threading.Timer(0.5, holder.release).start()
         said: list[str] = []
-        s = ingest(
-            raw.out, store, dask_client, config=cfg, progress=False, lock_wait=60, log=said.append
-        )
+        cfg = dataclasses.replace(cfg, lock_wait=60)
+        s = ingest(raw.out, store, dask_client, config=cfg, progress=False, log=said.append)
     finally:
         holder.proc.kill()
     assert s.n_found == raw.n_stamps and any("waiting for season Y1" in x for x in said)
@@ -106,18 +106,14 @@ def test_ingest_and_score_wait_for_the_other_writer(raw, tmp_path, dask_client):
     try:
         with pytest.raises(StoreBusyError, match=f"Y1/{night}"):
             score(
-                store,
-                scores,
-                dask_client,
-                config=ScoreConfig(batch_size=32),
+                store, scores, dask_client, config=ScoreConfig(batch_size=32, lock_wait=0),
                 progress=False,
-                lock_wait=0,
-            )
+            )  # fmt: skip
         assert not sink.night_dir(scores, "Y1", night).exists()
     finally:
         holder.release()
     score(
-        store, scores, dask_client, config=ScoreConfig(batch_size=32), progress=False, lock_wait=0
+        store, scores, dask_client, config=ScoreConfig(batch_size=32, lock_wait=0), progress=False
     )
     df = pd.read_parquet(scores)
     assert len(df) == s.n_stored and np.isfinite(df.score).all()
@@ -126,12 +122,12 @@ def test_ingest_and_score_wait_for_the_other_writer(raw, tmp_path, dask_client):
 def test_two_scorers_of_one_night_in_one_process_take_turns(raw, tmp_path, dask_client):
     store, scores = tmp_path / "store", tmp_path / "scores"
     stored = ingest(raw.out, store, dask_client, progress=False).n_stored
-    cfg = ScoreConfig(batch_size=32)
+    cfg = ScoreConfig(batch_size=32, lock_wait=120)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            score(store, scores, dask_client, config=cfg, progress=False, lock_wait=120)
+            score(store, scores, dask_client, config=cfg, progress=False)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -1,4 +1,4 @@
-"""Tests of s2v_batch.metrics: published figures, exact metrics, the streaming histogram."""
+"""Tests of s2v_batch.metrics (published figures, exact metrics) and s2v_batch.histogram."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import metrics as m
-from s2v_batch.metrics import Confusion, MetricsError, ScoreHistogram
+from s2v_batch import timesaved
+from s2v_batch.histogram import ScoreHistogram
+from s2v_batch.metrics import Confusion, MetricsError
 
 # -- strategies -------------------------------------------------------------------------------
 
@@ -72,7 +74,7 @@ def test_space2vec_published_figures() -> None:
     assert round(c.fdr, 3) == 0.123
     assert round(c.recall, 2) == 0.99
 
-    t = m.time_saved(scores.size, c.n_candidates, 0.5, n_false_positives=c.fp)
+    t = timesaved.time_saved(scores.size, c.n_candidates, 0.5, n_false_positives=c.fp)
     assert round(t["hours_all"], 2) == 12.42
     assert round(t["hours_candidates"], 2) == 7.12
     assert t["hours_saved"] == pytest.approx(12.42 - 7.12, abs=0.01)
@@ -85,7 +87,7 @@ def test_autoscan_published_figures() -> None:
     n_stamps = 1_000_000
     n_cand = round(n_stamps / 13.4)
     assert n_cand == 74_627
-    t = m.time_saved(n_stamps, n_cand)
+    t = timesaved.time_saved(n_stamps, n_cand)
     assert round(t["reduction_factor"], 1) == 13.4
     assert round(t["hours_all"], 1) == 138.9
     assert round(t["hours_candidates"], 1) == 10.4
@@ -96,21 +98,21 @@ def test_autoscan_published_figures() -> None:
 
 
 def test_time_saved_edge_cases_and_errors() -> None:
-    t = m.time_saved(100, 0)
+    t = timesaved.time_saved(100, 0)
     assert math.isnan(t["reduction_factor"])
     assert t["hours_saved"] == t["hours_all"]
-    t = m.time_saved(0, 0)
+    t = timesaved.time_saved(0, 0)
     assert t["hours_all"] == 0.0
     with pytest.raises(MetricsError, match="exceeds"):
-        m.time_saved(10, 11)
+        timesaved.time_saved(10, 11)
     with pytest.raises(MetricsError, match="seconds_per_stamp"):
-        m.time_saved(10, 1, seconds_per_stamp=0)
+        timesaved.time_saved(10, 1, seconds_per_stamp=0)
     with pytest.raises(MetricsError, match="n_false_positives"):
-        m.time_saved(10, 2, n_false_positives=3)
+        timesaved.time_saved(10, 2, n_false_positives=3)
     with pytest.raises(MetricsError, match="n_stamps"):
-        m.time_saved(-1, 0)
+        timesaved.time_saved(-1, 0)
     with pytest.raises(ValueError):  # MetricsError is a ValueError
-        m.time_saved(10.5, 1)  # type: ignore[arg-type]
+        timesaved.time_saved(10.5, 1)  # type: ignore[arg-type]
 
 
 # -- Confusion --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,85 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from report_rows import PNG_MAGIC, SHA, concat, make_night, write_part
 
 from s2v_batch import metrics as m
-from s2v_batch.report import REPORT_FILES, ReportError, _provenance, write_reports
-
-# The scores contract of docs/ARCHITECTURE.md ("Scores"), written out here on purpose: the
-# report must read what the contract says, whoever writes it.
-SCHEMA = pa.schema(
-    [
-        ("stamp_id", pa.int64()),
-        ("score", pa.float32()),
-        ("is_candidate", pa.bool_()),
-        ("threshold", pa.float32()),
-        ("label", pa.int8()),
-        ("model_version", pa.string()),
-        ("model_sha256", pa.string()),
-        ("run_id", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-        ("error", pa.string()),
-    ]
-)
-SHA = "5" * 64
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_night(
-    rng: np.random.Generator,
-    n: int,
-    *,
-    threshold: float,
-    labelled: float,
-    n_errors: int = 0,
-    version: str = "1.0",
-) -> dict[str, np.ndarray]:
-    """Rows of one night: label-dependent scores, a share of unknown labels, some errors."""
-    label = rng.integers(0, 2, n).astype(np.int8)
-    score = np.clip(rng.beta(1 + 5 * label, 3), 0, 1).astype(np.float32)
-    known = rng.random(n) < labelled
-    error = np.full(n, None, dtype=object)
-    error[rng.choice(n, n_errors, replace=False)] = "decode failed: truncated block"
-    ok = np.array([e is None for e in error])
-    return {
-        "stamp_id": np.arange(n, dtype=np.int64) + rng.integers(0, 10**9),
-        "score": score,
-        "ok": ok,
-        "is_candidate": (score >= np.float32(threshold)) & ok,
-        "threshold": np.full(n, threshold, dtype=np.float32),
-        "label": np.where(known, label, -1).astype(np.int8),
-        "model_version": np.full(n, version, dtype=object),
-        "error": error,
-    }
-
-
-def write_part(path: Path, rows: dict[str, np.ndarray], null_labels: bool = False) -> None:
-    """Write rows as one part, scores null where there is an error, as the sink does."""
-    n = rows["score"].size
-    label = pa.array(rows["label"], pa.int8())
-    if null_labels:  # unknown written as null, the other allowed spelling
-        label = pa.array([None if v == -1 else int(v) for v in rows["label"]], pa.int8())
-    table = pa.table(
-        {
-            "stamp_id": rows["stamp_id"],
-            "score": pa.array(rows["score"], pa.float32(), mask=~rows["ok"]),
-            "is_candidate": rows["is_candidate"],
-            "threshold": rows["threshold"],
-            "label": label,
-            "model_version": pa.array(rows["model_version"], pa.string()),
-            "model_sha256": pa.array([SHA] * n, pa.string()),
-            "run_id": pa.array(["run-1"] * n, pa.string()),
-            "scored_at": pa.array([datetime(2026, 11, 1, tzinfo=UTC)] * n, SCHEMA.field(8).type),
-            "error": pa.array(rows["error"], pa.string()),
-        },
-        schema=SCHEMA,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-
-
-def concat(*nights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([r[k] for r in nights]) for k in nights[0]}
+from s2v_batch import timesaved
+from s2v_batch.histogram import ScoreHistogram
+from s2v_batch.report import REPORT_FILES, ReportError, write_reports
+from s2v_batch.report.content import provenance as _provenance
 
 
 @pytest.fixture(scope="session")
@@ -155,9 +82,9 @@ def expected(rows: dict[str, np.ndarray]) -> dict[str, Any]:
         "n_candidates": int(cand.sum()),
         "conf": conf,
         "auc": m.roc_auc(s, lab),
-        "hist": m.ScoreHistogram().add(s, lab),
+        "hist": ScoreHistogram().add(s, lab),
         "exact_ops": m.standard_operating_points(s, lab),
-        "time": m.time_saved(
+        "time": timesaved.time_saved(
             int(ok.sum()), int(cand.sum()), 0.5, conf.fp if conf.n_labelled else None
         ),
     }
@@ -212,7 +139,10 @@ def test_layout_and_files(dataset) -> None:
             assert d / name in summary.paths
         check_png(d / "score_histogram.png")
         check_png(d / "mdr_fpr.png")
-    assert len(summary.paths) == 4 * len(expected_dirs) + 1
+    for season in ("SV", "Y1"):  # a season also draws its nights and the index's trend line
+        check_png(out / season / "nights.png")
+        assert (out / season / "trend.png").is_file()
+    assert len(summary.paths) == 4 * len(expected_dirs) + 2 * 2 + 1
     assert summary.season_dirs == {"Y1": out / "Y1", "SV": out / "SV"}
     assert "Y1: 3 night(s)" in summary.line() and "[SIMULATED]" in summary.line()
 
@@ -289,7 +219,12 @@ def test_json_holds_every_design_figure(dataset) -> None:
 def test_html_is_self_contained_escaped_and_says_simulated(dataset) -> None:
     out = dataset["out"]
     page = (out / "SV" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    # Plots are the PNG files beside the page, linked by relative path (not embedded: a season
+    # of 200 nights would carry every image twice); the page loads nothing from the network.
+    for name in ("score_histogram.png", "mdr_fpr.png", "nights.png"):
+        assert f"<img src='{name}'" in page
+    assert "base64" not in page and "http://" not in page and "https://" not in page
+    assert "Galleries skipped: no Zarr store was given" in page
     assert "SIMULATED DATA" in page
     assert "&lt;b&gt;0.9&lt;/b&gt;" in page and "<b>0.9</b>" not in page
     assert "nights/20121105/report.html" in page

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import sink
 from s2v_batch import store as zstore
 from s2v_batch.config import ScoreConfig
-from s2v_batch.scoring import ScoringError, prefetched_blocks, score
+from s2v_batch.scoring import ScoringError, WarmUp, prefetched_blocks, score
 from s2v_batch.simulator import simulate_stamps
 
 N_STAMPS = 1500
@@ -71,7 +72,7 @@ def stored(tmp_path_factory):
         night=20130901,
         shard_stamps=SHARD,
         chunk_stamps=64,
-        attrs={"input_fingerprint": "test"},
+        attrs={"night_fingerprint": "test"},
     )
     lab = batch.labels.copy()
     lab[:100] = -1  # some unknown labels: null in Parquet
@@ -84,7 +85,7 @@ def stored(tmp_path_factory):
         night=20140815,
         shard_stamps=SHARD,
         chunk_stamps=64,
-        attrs={"input_fingerprint": "test2"},
+        attrs={"night_fingerprint": "test2"},
     )
     return root
 
@@ -122,7 +123,38 @@ def _assert_same(a: Path, b: Path) -> None:
     da_, db_ = _night(a), _night(b)
     np.testing.assert_array_equal(da_.stamp_id.to_numpy(), db_.stamp_id.to_numpy())
     np.testing.assert_allclose(da_.score.to_numpy(), db_.score.to_numpy(), atol=1e-6)
-    assert not list((a / "_staging").rglob("*.parquet")) if (a / "_staging").exists() else True
+    assert _staged_parts(a) == {}  # nothing left in staging
+
+
+N_PARTS = -(-N_STAMPS // SHARD)
+
+
+def _staging_dirs(out: Path) -> list[Path]:
+    """The staging folders of unpublished nights (the one place that knows their layout):
+    ``SCORES/_staging/season=<S>/night=<N>/<key>/``, holding ``part-*.parquet`` (each written
+    through a rename, so a part that exists is whole) and the run's identity."""
+    return sorted(p for p in (out / "_staging").glob("season=*/night=*/*") if p.is_dir())
+
+
+def _staged_parts(out: Path) -> dict[str, tuple[int, int]]:
+    """Finished parts of unpublished nights: ``{name: (inode, mtime)}``."""
+    found = {}
+    for d in _staging_dirs(out):
+        for p in d.glob("part-*.parquet"):
+            try:
+                st_ = p.stat()
+            except FileNotFoundError:  # published meanwhile
+                continue
+            found[p.name] = (st_.st_ino, st_.st_mtime_ns)
+    return found
+
+
+def _published_parts(out: Path, season: str, night: int) -> dict[str, tuple[int, int]]:
+    """The published parts of a night: ``{name: (inode, mtime)}``."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sink.night_dir(out, season, night).glob("part-*.parquet")
+    }
 
 
 def test_worker_killed_mid_run(client, stored, models, clean, tmp_path):
@@ -137,17 +169,22 @@ def test_worker_killed_mid_run(client, stored, models, clean, tmp_path):
 
     t = threading.Thread(target=run)
     t.start()
-    stage = out / "_staging"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(stage.rglob("part-*.parquet")):
+    while time.time() < deadline and not _staged_parts(out):
         time.sleep(0.02)
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
+    # Killed while the night was being scored: some parts written, not all, nothing published.
+    at_kill = _staged_parts(out)
+    assert 0 < len(at_kill) < N_PARTS
+    assert not sink.night_dir(out, "Y1", 20130901).exists()
     t.join(timeout=300)
     assert not t.is_alive()
     assert result["s"].n_stamps == N_STAMPS
     _assert_same(out, clean)
+    assert len(_published_parts(out, "Y1", 20130901)) == N_PARTS
     client.wait_for_workers(2, timeout=60)
+    assert victim not in client.run(os.getpid).values()  # the worker was really lost
 
 
 def test_two_models_only_the_second_remains(client, stored, models, tmp_path):
@@ -157,9 +194,13 @@ def test_two_models_only_the_second_remains(client, stored, models, tmp_path):
     df = _night(out)
     assert len(df) == N_STAMPS and df.stamp_id.is_unique
     assert set(df.model_version) == {"test-b-1"}
-    assert len(list(sink.night_dir(out, "Y1", 20130901).glob("part-*.parquet"))) == -(
-        -N_STAMPS // SHARD
-    )
+    # Published as one file, best scores first; the per-task parts stayed in staging.
+    (published,) = sink.night_dir(out, "Y1", 20130901).glob("*.parquet")
+    run_id = sink.read_manifest(out, "Y1", 20130901)["run_id"]
+    assert published.name == f"part-{run_id[:12]}-00000.parquet"
+    scores = pd.read_parquet(published).score.to_numpy()
+    assert (np.diff(scores[np.isfinite(scores)]) <= 0).all()
+    assert not (out / "_staging").exists() or not list((out / "_staging").rglob("*.parquet"))
 
 
 def test_skip_complete_and_threshold_override(client, stored, models, tmp_path):
@@ -180,6 +221,138 @@ def test_skip_complete_and_threshold_override(client, stored, models, tmp_path):
     )
     assert {n.status for n in other.nights} == {"scored"}
     assert other.n_candidates == N_STAMPS + 300
+
+
+class _Reader(threading.Thread):
+    """Reads a season's scores with pandas in a loop, as a notebook would, until the ``with``
+    block ends; records ``(rows, distinct stamp_ids, run_ids)`` per read, or the exception."""
+
+    def __init__(self, root: Path, season: str) -> None:
+        super().__init__(daemon=True)
+        self.root, self.season = root, season
+        self.done = threading.Event()
+        self.reads: list[tuple[int, int, frozenset]] = []
+        self.errors: list[str] = []
+        self.stale = 0
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                df = pd.read_parquet(
+                    self.root,
+                    filters=[("season", "==", self.season)],
+                    columns=["stamp_id", "run_id"],
+                )
+            except FileNotFoundError:
+                # A listing gone stale under a swap (the files listed were replaced): the read
+                # saw no rows, rather than a mix; a reader reads again.
+                self.stale += 1
+                continue
+            except Exception as exc:
+                self.errors.append(repr(exc))
+                continue
+            self.reads.append((len(df), df.stamp_id.nunique(), frozenset(df.run_id)))
+
+    def wait_reads(self, n: int) -> None:
+        """Wait until ``n`` more reads have finished (the reader is running)."""
+        goal, deadline = len(self.reads) + n, time.time() + 120
+        while len(self.reads) < goal and time.time() < deadline and not self.errors:
+            time.sleep(0.01)
+
+    def __enter__(self) -> _Reader:
+        self.start()
+        self.wait_reads(3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wait_reads(3)
+        self.done.set()
+        self.join(timeout=60)
+
+
+def test_readers_never_see_a_mix_while_a_night_is_rescored(client, stored, models, tmp_path):
+    """A pandas reader looping while the night is re-scored twice (new model, then the first
+    again) gets every stamp once in every read, and each read holds one run's rows."""
+    out = tmp_path / "scores"
+    kw = dict(config=CFG, season="Y1", progress=False)
+    score(stored, out, client, model_path=models[0], **kw)
+    with _Reader(out, "Y1") as reader:
+        for model in (models[1], models[0]):
+            score(stored, out, client, model_path=model, **kw)
+            reader.wait_reads(3)
+    assert reader.errors == []
+    assert all(rows == distinct == N_STAMPS for rows, distinct, _ in reader.reads), (
+        "a read saw a partial night or duplicates"
+    )
+    runs = [r for *_, r in reader.reads]
+    assert len(frozenset().union(*runs)) == 3  # the reads spanned both swaps
+    mixed = [r for r in runs if len(r) > 1]
+    assert not mixed, f"{len(mixed)} of {len(runs)} reads mixed two runs"
+
+
+def test_a_listing_taken_before_a_swap_never_reads_a_mix(client, stored, models, tmp_path):
+    """What a reader does inside pd.read_parquet, made deterministic: list the night's files,
+    read half, the night is re-scored, read the rest. It must get one run's rows, or fail
+    (its listing went stale: list again), never rows of two runs."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    out = tmp_path / "scores"
+    kw = dict(config=CFG, season="Y1", progress=False)
+    score(stored, out, client, model_path=models[0], **kw)
+    frags = list(ds.dataset(out, format="parquet", partitioning="hive").get_fragments())
+    assert len(frags) == N_PARTS
+    half = len(frags) // 2
+    first = [f.to_table(columns=["run_id"]) for f in frags[:half]]
+    score(stored, out, client, model_path=models[1], **kw)
+    try:
+        rest = [f.to_table(columns=["run_id"]) for f in frags[half:]]
+    except OSError:  # FileNotFoundError: the stale listing is refused, not mixed
+        return
+    runs = set(pa.concat_tables(first + rest).column("run_id").to_pylist())
+    assert len(runs) == 1, f"one read returned rows of {len(runs)} runs"
+
+
+def test_replace_dir_without_an_atomic_exchange(monkeypatch, client, stored, models, tmp_path):
+    """Where renameat2(RENAME_EXCHANGE) is missing, replace_dir does two renames: the night may
+    be absent for a moment, but the new rows replace the old whole, and nothing is left behind."""
+    from s2v_batch import fsutil
+
+    calls: list[tuple] = []
+
+    def unsupported(a, b) -> bool:
+        calls.append((a, b))
+        return False
+
+    monkeypatch.setattr(fsutil, "_renameat2_exchange", unsupported)
+
+    # The bare operation: dest gets new's contents; new and the old contents are gone.
+    old, new = tmp_path / "dest", tmp_path / "new"
+    for d, text in ((old, "old"), (new, "new")):
+        d.mkdir()
+        (d / "a.txt").write_text(text)
+        (d / f"only-{text}.txt").write_text(text)
+    fsutil.replace_dir(new, old)
+    assert calls == [(new, old)]  # the fallback ran
+    assert sorted(p.name for p in old.iterdir()) == ["a.txt", "only-new.txt"]
+    assert (old / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+
+    # Re-scoring a night through it, with a pandas reader looping.
+    out = tmp_path / "scores"
+    kw = dict(config=CFG, season="Y1", progress=False)
+    score(stored, out, client, model_path=models[0], **kw)
+    with _Reader(out, "Y1") as reader:
+        score(stored, out, client, model_path=models[1], **kw)
+    assert len(calls) == 2
+    assert reader.errors == []
+    # Never partial, never duplicates; between the two renames the night may read as absent.
+    assert all(rows == distinct and rows in (0, N_STAMPS) for rows, distinct, _ in reader.reads)
+    df = _night(out)
+    assert len(df) == N_STAMPS and set(df.model_version) == {"test-b-1"}
+    season_dir = sink.night_dir(out, "Y1", 20130901).parent
+    assert [p.name for p in season_dir.iterdir()] == ["night=20130901"]  # no old copy left
+    assert _staged_parts(out) == {}
 
 
 def test_nonfinite_pixels_get_error_entries(client, models, tmp_path):
@@ -206,6 +379,41 @@ def test_nonfinite_pixels_get_error_entries(client, models, tmp_path):
     assert df.score.isna().sum() == 2 and not df.is_candidate[[3, 7]].any()
     assert "diff: 1" in df.error[3] and "srch: 2601" in df.error[7]
     assert df.error.notna().sum() == 2
+
+
+@pytest.mark.parametrize("dtype, encoding", [("uint8", "lossless"), ("float32", "bitround-9")])
+def test_scores_equal_the_predictor_on_the_stored_pixels(client, models, tmp_path, dtype, encoding):
+    """The pipeline (reader, buffers, warm-up, guard) gives what Predictor.predict gives on the
+    pixels xarray reads back from the store, stamp by stamp."""
+    from s2v_batch.model import Predictor
+
+    n = 700
+    px = np.nan_to_num(simulate_stamps(n, np.random.default_rng(9)).pixels, nan=0.0)
+    if dtype == "uint8":
+        px = np.clip(px / 20 + 100, 0, 255).astype(np.uint8)
+    path = zstore.write_night(
+        zstore.night_path(tmp_path / "store", "Y1", 20130907),
+        px,
+        np.arange(n) * 7 + 3,
+        np.zeros(n, np.int8),
+        season="Y1",
+        night=20130907,
+        shard_stamps=SHARD,
+        chunk_stamps=64,
+        float_encoding=encoding,
+    )
+    cfg = ScoreConfig(batch_size=64, part_stamps=SHARD)
+    s = score(tmp_path / "store", tmp_path / "scores", client, model_path=models[0], config=cfg,
+              progress=False)  # fmt: skip
+    assert s.n_stamps == n and s.first_part_seconds is not None
+    ds = xr.open_zarr(path)
+    want = Predictor(models[0], batch_size=64).predict(ds.stamps.values)
+    got = _night(tmp_path / "scores").set_index("stamp_id").score
+    np.testing.assert_allclose(got.loc[ds.stamp_id.values].to_numpy(), want, atol=1e-6, rtol=0)
+    # The warm-up plugin is gone after the run; the workers kept their predictor.
+    assert WarmUp.name not in client.run_on_scheduler(
+        lambda dask_scheduler: list(dask_scheduler.worker_plugins)
+    )
 
 
 def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):
@@ -240,22 +448,28 @@ def test_killed_score_process_resumes(stored, models, clean, tmp_path):
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "_staging").rglob("part-*.parquet"))) < 3:
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and len(_staged_parts(out)) < 3:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # Killed while scoring: some parts finished, not all, and the night not published.
+    staged = _staged_parts(out)
+    assert 3 <= len(staged) < N_PARTS
     assert not sink.night_dir(out, "Y1", 20130901).exists()
-    staged = len(list((out / "_staging").rglob("part-*.parquet")))
-    assert 0 < staged < -(-N_STAMPS // SHARD)
-    run_id = json.loads(next((out / "_staging").rglob("_run.json")).read_text())["run_id"]
+    (stage,) = _staging_dirs(out)
+    run_id = json.loads((stage / "_run.json").read_text())["run_id"]
     again = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"score: {N_STAMPS} stamps" in again.stdout
     _assert_same(out, clean)
     assert set(_night(out).run_id) == {run_id}  # the resumed run kept its identity
+    # The parts finished before the kill were published as they were: not scored again.
+    published = _published_parts(out, "Y1", 20130901)
+    assert len(published) == N_PARTS
+    assert {name: published[name] for name in staged} == staged
 
 
 @settings(max_examples=200, deadline=None)

@@ -498,7 +498,7 @@ def test_gif_scaling_and_masks() -> None:
 
 
 def test_gif_matches_the_ingest_decoder(batch) -> None:
-    from s2v_batch.stamps import decode_gif
+    from s2v_batch.decode import decode_gif
 
     data = render_gif(batch.pixels[0, :, :, 0], "srch")
     np.testing.assert_array_equal(decode_gif(data, 51), _gif_pixels(data))
@@ -795,7 +795,8 @@ def test_existing_csv_with_other_columns_is_refused(tmp_path: Path) -> None:
 
 
 def test_ingest_reads_every_simulated_stamp(gif_run: SimulationSummary) -> None:
-    from s2v_batch.stamps import discover, read_unit
+    from s2v_batch.rawtree import discover
+    from s2v_batch.stamps import read_unit
 
     disc = discover(gif_run.out)
     assert not disc.unplaced

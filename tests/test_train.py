@@ -1,4 +1,4 @@
-"""Tests of s2v_batch.train: splits, augmentation, streaming batches, the training run."""
+"""Tests of s2v_batch.trainingdata (splits, augmentation, streaming batches) and s2v_batch.train."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from s2v_batch import metrics
 from s2v_batch import model as M
 from s2v_batch import train as T
+from s2v_batch import trainingdata as D
+from s2v_batch.config import ConfigError, TrainConfig
 from s2v_batch.conventions import CHANNELS
+from s2v_batch.decode import combine_channels, decode_gif
 from s2v_batch.simulator import render_gif, simulate_stamps
-from s2v_batch.stamps import combine_channels, decode_gif
 from s2v_batch.store import write_night
 
 # ----------------------------------------------------------------------------- splits
@@ -24,27 +26,27 @@ from s2v_batch.store import write_night
 def test_splitmix64_reference_values() -> None:
     # The first two outputs of the reference SplitMix64 generator seeded with 0.
     golden = np.int64(np.uint64(0x9E3779B97F4A7C15).view(np.int64))
-    out = T.splitmix64(np.array([0, golden], dtype=np.int64))
+    out = D.splitmix64(np.array([0, golden], dtype=np.int64))
     assert [int(v) for v in out] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
 
 
 def test_split_fractions_and_stability() -> None:
     ids = np.arange(200_000, dtype=np.int64) + 20_000_000
-    split = T.split_of(ids)
+    split = D.split_of(ids)
     frac = np.bincount(split, minlength=3) / ids.size
-    np.testing.assert_allclose(frac, T.SPLIT_FRACTIONS, atol=0.005)
+    np.testing.assert_allclose(frac, D.SPLIT_FRACTIONS, atol=0.005)
     # Consecutive IDs are not correlated with their split.
     assert abs(np.corrcoef(split[:-1], split[1:])[0, 1]) < 0.01
     # The split of an ID never depends on what else is split with it.
-    np.testing.assert_array_equal(T.split_of(ids[::-7]), split[::-7])
+    np.testing.assert_array_equal(D.split_of(ids[::-7]), split[::-7])
 
 
 @given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=50))
 def test_split_is_a_function_of_the_id(ids: list[int]) -> None:
     a = np.asarray(ids, dtype=np.int64)
-    s = T.split_of(a)
+    s = D.split_of(a)
     assert s.dtype == np.int8 and set(s.tolist()) <= {0, 1, 2}
-    np.testing.assert_array_equal(s, [T.split_of(np.array([i], np.int64))[0] for i in ids])
+    np.testing.assert_array_equal(s, [D.split_of(np.array([i], np.int64))[0] for i in ids])
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -58,14 +60,14 @@ def _symmetries(stamp: np.ndarray) -> list[np.ndarray]:
 def test_augment_applies_one_of_the_eight_symmetries() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 7, 7, 3)).astype(np.float32)
-    y = T.augment(x, np.random.default_rng(1))
+    y = D.augment(x, np.random.default_rng(1))
     used = set()
     for a, b in zip(x, y, strict=True):
         hits = [k for k, s in enumerate(_symmetries(a)) if np.array_equal(s, b)]
         assert len(hits) == 1  # channels turned together, pixels unchanged
         used.add(hits[0])
     assert used == set(range(8))
-    np.testing.assert_array_equal(y, T.augment(x, np.random.default_rng(1)))
+    np.testing.assert_array_equal(y, D.augment(x, np.random.default_rng(1)))
     assert y.dtype == x.dtype
 
 
@@ -117,17 +119,19 @@ def trained(stores, tmp_path_factory: pytest.TempPathFactory) -> T.TrainResult:
     return T.train(
         [stores["root"]],
         tmp_path_factory.mktemp("model"),
-        arch="vgg6",
-        epochs=2,
-        batch_size=32,
-        learning_rate=1e-3,
-        patience=1,
-        shuffle_window=96,
-        name="unit",
-        version="3",
-        progress=False,
-        command="pytest",
+        TrainConfig(
+            arch="vgg6",
+            epochs=2,
+            batch_size=32,
+            learning_rate=1e-3,
+            patience=1,
+            shuffle_window=96,
+            name="unit",
+            version="3",
+        ),
         training_data={"description": "simulated test stamps", "simulated": True, "seeds": [100]},
+        command="pytest",
+        progress=False,
     )
 
 
@@ -152,9 +156,9 @@ def _id_store(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_training_batches_are_shuffled_deterministic_and_complete(tmp_path: Path) -> None:
     path = tmp_path / "Y1" / "20130905.zarr"
     ids, label = _id_store(path, 700, 5)
-    source = T._Source([path], unit_stamps=32)
-    train_idx = np.flatnonzero((label != -1) & (T.split_of(ids) == 0))
-    ds = T._TrainBatches(source, batch_size=20, seed=9, window=100)
+    source = D.LabelledNights([path], unit_stamps=32)
+    train_idx = np.flatnonzero((label != -1) & (D.split_of(ids) == 0))
+    ds = D.TrainBatches(source, batch_size=20, seed=9, window=100)
     assert len(ds) == train_idx.size // 20
     peek = ds[1]  # Keras peeks at batches to learn their shapes: it must not disturb the run
     epoch0 = [ds[i] for i in range(len(ds))]
@@ -167,12 +171,14 @@ def test_training_batches_are_shuffled_deterministic_and_complete(tmp_path: Path
     ds.on_epoch_end()
     seen1 = np.concatenate([ds[i][0][:, 0, 0, 0] for i in range(len(ds))]).astype(int)
     assert not np.array_equal(seen1, seen)  # a new order every epoch
-    again = T._TrainBatches(T._Source([path], unit_stamps=32), batch_size=20, seed=9, window=100)
+    again = D.TrainBatches(
+        D.LabelledNights([path], unit_stamps=32), batch_size=20, seed=9, window=100
+    )
     np.testing.assert_array_equal(again[3][0], epoch0[3][0])  # same seed, same batches
     # Validation batches: every validation stamp once, in storage order.
-    val = T._EvalBatches(source, T.VALIDATION, 16)
+    val = D.EvalBatches(source, D.VALIDATION, 16)
     got = np.concatenate([val[i][0][:, 0, 0, 0] for i in range(len(val))]).astype(int)
-    np.testing.assert_array_equal(got, np.flatnonzero((label != -1) & (T.split_of(ids) == 1)))
+    np.testing.assert_array_equal(got, np.flatnonzero((label != -1) & (D.split_of(ids) == 1)))
 
 
 def test_nonfinite_stamps_get_zero_weight(tmp_path: Path) -> None:
@@ -183,19 +189,25 @@ def test_nonfinite_stamps_get_zero_weight(tmp_path: Path) -> None:
     write_night(
         path, px, np.arange(n, dtype=np.int64), np.ones(n, np.int8), season="Y1", night=20130906
     )
-    val = T._EvalBatches(T._Source([path]), T.TRAIN, 1000)
+    val = D.EvalBatches(D.LabelledNights([path]), D.TRAIN, 1000)
     x, y, w = val[0]
     assert np.isfinite(x).all()
-    expect = np.isfinite(px).all(axis=(1, 2, 3))[T.split_of(np.arange(n)) == 0]
+    expect = np.isfinite(px).all(axis=(1, 2, 3))[D.split_of(np.arange(n)) == 0]
     np.testing.assert_array_equal(w, expect.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- train()
 
 
+def _no_constant(token: str) -> None:
+    raise AssertionError(f"non-standard JSON constant {token}")
+
+
 def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) -> None:
     r = trained
     assert r.model_path.name == "unit-3.keras" and r.card_path.is_file()
+    # Strict JSON: json.loads alone accepts NaN and Infinity, which other readers refuse.
+    json.loads(r.card_path.read_text(), parse_constant=_no_constant)
     model, card = M.load_artifact(r.model_path)
     assert card == r.card
     assert card.architecture == "vgg6" and card.target_recall == 0.99
@@ -207,7 +219,7 @@ def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) 
     counts = {0: 0, 1: 0, 2: 0}
     for fmt in ("gif", "fits"):
         _, ids, label = stores[fmt]
-        s = T.split_of(ids)[label != -1]
+        s = D.split_of(ids)[label != -1]
         for k in counts:
             counts[k] += int((s == k).sum())
     assert td["n_stamps"] == {"train": counts[0], "validation": counts[1], "test": counts[2]}
@@ -215,7 +227,6 @@ def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) 
     assert card.test_metrics["n_labelled"] == counts[2]
     assert set(card.test_metrics["by_stored_dtype"]) == {"gif (uint8)", "fits (float32)"}
     assert 1 <= r.best_epoch <= r.epochs_run <= 2
-    json.loads(r.card_path.read_text())  # strict JSON (no NaN)
     assert "threshold" in r.line()
 
 
@@ -225,7 +236,7 @@ def test_threshold_keeps_the_target_recall_on_validation(trained, stores) -> Non
     scores, labels = [], []
     for fmt in ("gif", "fits"):
         px, ids, label = stores[fmt]
-        sel = (T.split_of(ids) == T.VALIDATION) & (label != -1)
+        sel = (D.split_of(ids) == D.VALIDATION) & (label != -1)
         scores.append(pred.predict(px[sel]))
         labels.append(label[sel])
     s, lab = np.concatenate(scores), np.concatenate(labels)
@@ -237,22 +248,76 @@ def test_threshold_keeps_the_target_recall_on_validation(trained, stores) -> Non
     assert metrics.confusion(s, lab, np.nextafter(np.float32(pred.threshold), 1)).recall < 0.99
 
 
+def _train(nights: list, out: Path, config: TrainConfig | None = None) -> T.TrainResult:
+    return T.train(nights, out, config or TrainConfig(), training_data=None, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"shuffle_window": True}, "shuffle_window must be a positive integer"),
+        ({"patience": -1}, "patience must be an integer >= 0"),
+        ({"seed": -3}, "seed must be an integer >= 0"),
+        ({"target_recall": 1.5}, r"target_recall must be in \(0, 1\]"),
+        ({"target_recall": 0.0}, r"target_recall must be in \(0, 1\]"),
+        ({"target_recall": "0.9"}, "target_recall must be a number"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0"),
+        ({"arch": ""}, "arch must be an architecture name"),
+        ({"name": "../up"}, "model name '../up' must be letters"),
+        ({"version": "1 2"}, "model version '1 2' must be letters"),
+    ],
+)
+def test_train_config_refuses_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_repr_rebuilds_it() -> None:
+    """The repr is the config's part of the recorded train(...) call."""
+    cfg = TrainConfig(arch="vgg6", epochs=6, learning_rate=1e-3, name="space2vec-demo")
+    assert eval(repr(cfg), {"TrainConfig": TrainConfig}) == cfg
+
+
+def test_shipped_card_records_a_valid_train_call() -> None:
+    """The shipped card's training_command ends in a train(...) call this signature accepts."""
+    import ast
+    import inspect
+
+    command = M.load_card(M.default_model_path()).training_command
+    code = command.split('python -c "', 1)[1].rsplit('"', 1)[0]
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+    call = next(c for c in calls if getattr(c.func, "id", None) == "train")
+    cfg_call = call.args[2]
+    assert isinstance(cfg_call, ast.Call) and cfg_call.func.id == "TrainConfig"
+    cfg = TrainConfig(**{k.arg: ast.literal_eval(k.value) for k in cfg_call.keywords})
+    card = M.load_card(M.default_model_path())
+    td = card.training_data
+    assert (cfg.arch, cfg.name, cfg.version) == (card.architecture, card.name, card.version)
+    assert (cfg.seed, cfg.batch_size) == (td["training_seed"], td["batch_size"])
+    assert (cfg.learning_rate, cfg.target_recall) == (td["learning_rate"], card.target_recall)
+    args = [ast.literal_eval(a) for a in call.args[:2]] + [cfg]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    inspect.signature(T.train).bind(*args, **kwargs)  # raises when the call no longer fits
+    assert kwargs["training_data"]["description"] == td["description"]
+
+
 def test_train_refuses_bad_input(stores, tmp_path: Path) -> None:
     root = stores["root"]
     with pytest.raises(T.TrainingError, match="unknown architecture"):
-        T.train([root], tmp_path, arch="nope", progress=False)
-    with pytest.raises(T.TrainingError, match="epochs"):
-        T.train([root], tmp_path, epochs=0, progress=False)
-    with pytest.raises(T.TrainingError, match="target_recall"):
-        T.train([root], tmp_path, target_recall=1.5, progress=False)
+        _train([root], tmp_path, TrainConfig(arch="nope"))
+    with pytest.raises(TypeError, match="TrainConfig"):
+        T.train([root], tmp_path, {"epochs": 1}, training_data=None)  # type: ignore[arg-type]
     with pytest.raises(T.TrainingError, match="does not exist"):
-        T.train([tmp_path / "missing"], tmp_path, progress=False)
+        _train([tmp_path / "missing"], tmp_path)
     with pytest.raises(T.TrainingError, match="not a complete night"):
-        T.train([tmp_path / "Y1" / "20130907.zarr"], tmp_path, progress=False)
+        _train([tmp_path / "Y1" / "20130907.zarr"], tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(T.TrainingError, match="no night datasets"):
-        T.train([empty], tmp_path, progress=False)
+        _train([empty], tmp_path)
     unl = tmp_path / "unl" / "Y1" / "20130908.zarr"
     # Non-zero pixels: a shard holding only the fill value is not written (store.py).
     write_night(
@@ -264,7 +329,7 @@ def test_train_refuses_bad_input(stores, tmp_path: Path) -> None:
         night=20130908,
     )
     with pytest.raises(T.TrainingError, match="no labelled stamps"):
-        T.train([unl], tmp_path, progress=False)
+        _train([unl], tmp_path)
     one = tmp_path / "one" / "Y1" / "20130909.zarr"
     write_night(
         one,
@@ -275,4 +340,4 @@ def test_train_refuses_bad_input(stores, tmp_path: Path) -> None:
         night=20130909,
     )
     with pytest.raises(T.TrainingError, match="no artifact stamps"):
-        T.train([one], tmp_path, progress=False)
+        _train([one], tmp_path)

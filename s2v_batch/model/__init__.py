@@ -1,0 +1,65 @@
+"""The CNN: layers, architectures, the model artifact (``.keras`` + JSON card) and a fast predictor.
+
+Standard Keras 3 layers and ``keras.ops`` only, so one ``.keras`` file loads and scores under the
+TensorFlow and the JAX backends alike (JAX serves where TensorFlow is missing, e.g. on the GPU
+machines). The model takes raw stored pixels, ``(n, 51, 51, 3)`` in channel order ``srch, temp,
+diff``, uint8 (gif-ingested) or float32 (fits-ingested), and returns the probability that each
+stamp is a real transient (DESIGN.md section 3).
+
+One concern a module:
+
+- :mod:`.layers`: ``StampNormalization`` and ``NonFiniteGuard`` (registered serializables);
+- :mod:`.architectures`: ``space2vec``, ``vgg6``, ``build_model``, ``count_flops``;
+- :mod:`.artifact`: ``ModelCard``, ``save_artifact``, ``load_card``, ``load_artifact`` ...;
+- :mod:`.inference`: ``Predictor``, ``fold_batchnorm``;
+- :mod:`.backend`: the one place Keras is imported (TensorFlow's oneDNN default set first).
+
+The names are re-exported here lazily: ``from s2v_batch.model import load_card`` imports only
+:mod:`.artifact`, so reading a card imports neither Keras nor TensorFlow, while ``from
+s2v_batch.model import Predictor`` brings in Keras as it needs to.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that owns it.
+_OWNERS: dict[str, str] = {
+    "ARCHITECTURES": "architectures",
+    "DEFAULT_ARCH": "architectures",
+    "build_model": "architectures",
+    "count_flops": "architectures",
+    "DEFAULT_INPUT_SHAPE": "artifact",
+    "DEFAULT_MODEL_NAME": "artifact",
+    "DEFAULT_MODEL_VERSION": "artifact",
+    "LABEL_CONVENTION": "artifact",
+    "SCORE_CONVENTION": "artifact",
+    "ModelArtifactError": "artifact",
+    "ModelCard": "artifact",
+    "default_model_path": "artifact",
+    "file_sha256": "artifact",
+    "load_artifact": "artifact",
+    "load_card": "artifact",
+    "save_artifact": "artifact",
+    "ModelInputError": "inference",
+    "Predictor": "inference",
+    "fold_batchnorm": "inference",
+    "NonFiniteGuard": "layers",
+    "StampNormalization": "layers",
+}
+
+__all__ = sorted(_OWNERS)
+
+
+def __getattr__(name: str) -> Any:
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
+    globals()[name] = value  # found once; later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_OWNERS))

@@ -1,0 +1,307 @@
+"""The report's JSON content: figures, provenance, warnings and the identity of its inputs.
+
+A report's ``report.json`` is the whole report: :mod:`.html` renders its page from it (and the
+PNG files beside it) alone, and :mod:`.write` compares its ``identity`` with the scores' current
+one to decide whether it is still current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..timesaved import time_saved
+from .tally import MAX_DISTINCT, Tally
+
+#: Files written for every season and every night.
+REPORT_FILES: dict[str, str] = {
+    "json": "report.json",
+    "html": "report.html",
+    "score_histogram": "score_histogram.png",
+    "mdr_fpr": "mdr_fpr.png",
+}
+#: Files a season report writes besides: the night-by-night plot and the index's trend line.
+SEASON_FILES: dict[str, str] = {"nights": "nights.png", "trend": "trend.png"}
+SCHEMA_ID = "s2v-batch/report"
+SCHEMA_VERSION = 1
+#: Fields of a model card a report quotes.
+CARD_KEYS = ("name", "version", "sha256", "threshold", "target_recall", "training_data")
+
+
+# -- provenance -------------------------------------------------------------------------------
+
+
+def _card_training_text(card: Mapping[str, Any]) -> tuple[bool | None, str]:
+    """(simulated?, description) from a model card's training-data field."""
+    data = None
+    for key in ("training_data", "trained_on"):
+        if card.get(key):
+            data = card[key]
+            break
+    if data is None:
+        return None, ""
+    if isinstance(data, Mapping):
+        flag = data.get("simulated")
+        text = "; ".join(
+            f"{k}: {v}" for k, v in data.items() if isinstance(v, str | int | float | bool)
+        )
+        if isinstance(flag, bool):
+            return flag, text
+    else:
+        text = str(data)
+    low = text.lower()
+    if "simulat" in low or "synthetic" in low:
+        return True, text
+    return None, text
+
+
+def provenance(simulated: bool | None, card: Mapping[str, Any] | None) -> tuple[bool | None, str]:
+    """The ``simulated`` flag and the sentence every report prints about its data."""
+    if simulated is not None:
+        if simulated:
+            return True, (
+                "SIMULATED DATA: these scores were computed on simulated stamps (the s2v-batch "
+                "simulator), not on survey observations. The figures describe the model on "
+                "simulated data; they are not survey results."
+            )
+        return False, "These scores were computed on survey observations (not simulated data)."
+    if card:
+        flag, text = _card_training_text(card)
+        quoted = f" (model card training data: {text[:200]})" if text else ""
+        if flag:
+            return True, (
+                f"SIMULATED DATA: the model was trained on simulated stamps{quoted}; treat "
+                "these scores as results on simulated data, not as survey results, unless "
+                "they were run on survey observations."
+            )
+        if flag is False:
+            return False, (
+                f"The model card says the model was trained on survey data, not simulated "
+                f"data{quoted}."
+            )
+    return None, (
+        "Data provenance unknown: no 'simulated' flag was given and no model card says what "
+        "data the model was trained on. Do not quote these figures as survey results until "
+        "the data are known."
+    )
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _short_float(v: float) -> float:
+    """Float32 values (thresholds) as their shortest decimal: 0.06, not 0.05999999865889549."""
+    f32 = np.float32(v)
+    return float(str(f32)) if float(f32) == v else float(v)
+
+
+def _iso(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+
+def figures(
+    tally: Tally,
+    *,
+    kind: str,
+    season: str,
+    nights: list[int],
+    seconds_per_stamp: float,
+    simulated: bool | None,
+    provenance: str,
+    card: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict (NaN still present; :func:`clean` removes it)."""
+    conf = tally.confusion
+    thresholds = [_short_float(t) for t in tally.thresholds.sorted()]
+    labelled = conf.n_labelled > 0
+    n_cand_unlabelled = tally.n_candidates - conf.n_candidates
+    # Time is counted on scored stamps: errored ones are neither candidates nor dismissed.
+    saved = time_saved(
+        tally.n_scored,
+        tally.n_candidates,
+        seconds_per_stamp,
+        n_false_positives=conf.fp if labelled else None,
+    )
+    hist = tally.histogram
+    rep: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "season": season,
+        "night": nights[0] if kind == "night" else None,
+        "nights": nights,
+        "n_nights": len(nights),
+        "simulated": simulated,
+        "data_provenance": provenance,
+        "n_stamps": tally.n_stamps,
+        "n_scored": tally.n_scored,
+        "n_errors": tally.n_errors,
+        "n_candidates": tally.n_candidates,
+        "candidate_fraction": tally.n_candidates / tally.n_scored if tally.n_scored else None,
+        "threshold": thresholds[0] if len(thresholds) == 1 else None,
+        "thresholds": thresholds,
+        "model_version": tally.model_versions.single(),
+        "model_versions": tally.model_versions.sorted(),
+        "model_sha256": tally.model_sha256s.single(),
+        "model_sha256s": tally.model_sha256s.sorted(),
+        "run_ids": tally.run_ids.sorted(),
+        "scored_at_first": _iso(tally.scored_at_min),
+        "scored_at_last": _iso(tally.scored_at_max),
+        "time_basis": "scored stamps (n_scored); stamps with an error are not counted",
+        **saved,
+        "hours_wasted_basis": (
+            "labelled false positives only" if labelled else "unknown: no labelled candidates"
+        ),
+        "labelled": labelled,
+        **conf.to_dict(),
+        "n_candidates_unlabelled": n_cand_unlabelled,
+        "roc_auc": hist.roc_auc(),
+        "roc_auc_method": f"score histogram, {hist.n_bins} bins over [0, 1]; a bin's pairs tie",
+        "operating_points": hist.standard_operating_points(),
+        "error_messages": dict(tally.errors.most_common()),
+    }
+    target = _target_recall(card)
+    rep["target_recall"] = target
+    rep["threshold_for_target_recall"] = hist.threshold_for_recall(target) if conf.n_real else None
+    if not labelled:
+        for key in ("recall", "mdr", "fpr", "fdr", "precision", "roc_auc"):
+            rep[key] = None
+        rep["operating_points"] = None
+    rep["model_card"] = {k: card.get(k) for k in CARD_KEYS if k in card} if card else None
+    rep["warnings"] = _warnings(tally, rep, card)
+    rep["files"] = dict(REPORT_FILES)
+    rep["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    rep["s2v_batch_version"] = __version__
+    return rep
+
+
+def _target_recall(card: Mapping[str, Any] | None) -> float:
+    """The card's target recall when it holds a usable one, else 0.99 (DESIGN.md section 3)."""
+    try:
+        target = float(card["target_recall"]) if card and "target_recall" in card else 0.99
+    except (TypeError, ValueError):
+        return 0.99
+    return target if 0.0 < target <= 1.0 else 0.99
+
+
+def _warnings(tally: Tally, rep: Mapping[str, Any], card: Mapping[str, Any] | None) -> list[str]:
+    out = []
+    if tally.n_errors:
+        out.append(
+            f"{tally.n_errors:,} stamp(s) have no score (error set): they are neither candidates "
+            "nor dismissed; re-score them. Time figures count scored stamps only."
+        )
+    if len(tally.thresholds.values) > 1:
+        out.append(
+            f"rows were scored with {len(tally.thresholds.values)} different thresholds "
+            f"{rep['thresholds']}: counts use each row's own is_candidate"
+        )
+    if len(tally.model_versions.values) > 1 or len(tally.model_sha256s.values) > 1:
+        out.append(
+            f"scores from several models are mixed: versions {rep['model_versions']}, "
+            f"sha256 {rep['model_sha256s']}"
+        )
+    if tally.n_inconsistent:
+        out.append(
+            f"{tally.n_inconsistent:,} row(s) have is_candidate different from "
+            "score >= threshold; counts follow is_candidate"
+        )
+    if tally.n_no_threshold:
+        out.append(f"{tally.n_no_threshold:,} scored row(s) have no threshold")
+    if rep["labelled"] and rep["n_candidates_unlabelled"]:
+        out.append(
+            f"{rep['n_candidates_unlabelled']:,} candidate(s) have no label: hours_wasted and "
+            "FDR count labelled candidates only"
+        )
+    if card and card.get("sha256") and tally.model_sha256s.values:
+        if card["sha256"] not in tally.model_sha256s.values:
+            out.append(
+                f"the model card's sha256 {card['sha256']} is not the model_sha256 of these "
+                "scores: the card may describe another model"
+            )
+    for name, dist in (("model versions", tally.model_versions), ("run ids", tally.run_ids)):
+        if dist.overflow:
+            out.append(f"more than {MAX_DISTINCT} distinct {name}; only the first are listed")
+    return out
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(rep: Mapping[str, Any]) -> bytes:
+    """The bytes of a ``report.json``."""
+    return (json.dumps(rep, indent=2, allow_nan=False) + "\n").encode()
+
+
+def is_season_report(rep: Any, season: str) -> bool:
+    """Whether a parsed JSON document is a season report of ours for ``season``."""
+    return (
+        isinstance(rep, dict)
+        and rep.get("schema") == SCHEMA_ID
+        and rep.get("schema_version") == SCHEMA_VERSION
+        and rep.get("kind") == "season"
+        and rep.get("season") == season
+    )
+
+
+# -- identity ---------------------------------------------------------------------------------
+
+
+def settings_identity(
+    seconds_per_stamp: float,
+    simulated: bool | None,
+    card: Mapping[str, Any] | None,
+    *,
+    store: str | None = None,
+    galleries: Mapping[str, int] | None = None,
+    flag_mads: float | None = None,
+) -> dict[str, Any]:
+    """The settings that change a report's content, as recorded in its ``identity``.
+
+    The model card counts by its sha256 and by a digest of the fields a report quotes; the
+    package version counts because a newer s2v-batch may write different content; the store
+    counts by its path (the stamps in it by each night's ``night_fingerprint``, a night's).
+    """
+    quoted = {k: card.get(k) for k in CARD_KEYS if k in card} if card else None
+    digest = hashlib.sha256(
+        json.dumps(clean(quoted), sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return clean(
+        {
+            "seconds_per_stamp": float(seconds_per_stamp),
+            "simulated": simulated,
+            "model_card_sha256": card.get("sha256") if card else None,
+            "model_card_digest": digest,
+            "s2v_batch_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "store": store,
+            "galleries": dict(galleries or {}),
+            "flag_mads": flag_mads,
+        }
+    )
+
+
+def identity(settings: Mapping[str, Any], nights: Mapping[int, Mapping[str, Any]]) -> dict:
+    """A report's ``identity``: its settings and the identity of each night's scores."""
+    # Through JSON, so that it compares equal with what a report.json read back holds.
+    doc = {"settings": dict(settings), "nights": {str(n): nights[n] for n in sorted(nights)}}
+    return json.loads(json.dumps(clean(doc), sort_keys=True))
