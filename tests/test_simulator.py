@@ -395,7 +395,7 @@ def test_cli_real_fraction(tmp_path: Path) -> None:
     assert 0.02 < (df["OBJECT_TYPE"] == 0).mean() < 0.11
     bad = s2v("bad", "--real-fraction", "1.5")
     assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "real_fraction" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "--real-fraction" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
@@ -667,7 +667,8 @@ def test_tar_layout(tmp_path: Path, member: str) -> None:
 
 
 def test_pack_night_as_tar_gives_the_survey_layout_that_ingest_reads(tmp_path: Path) -> None:
-    from s2v_batch.stamps import discover, read_unit
+    from s2v_batch.rawtree import discover
+    from s2v_batch.stamps import read_unit
 
     kw = {"season": "Y1", "nights": 2, "stamps_per_night": 40, "fmt": "gif", "seed": 9}
     runs = [simulate(tmp_path / x, **kw) for x in "ab"]
