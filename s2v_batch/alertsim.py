@@ -19,8 +19,8 @@ Writers (from given pixel arrays, for the tests and the simulator):
     OUT/autoscan_features.3.csv      truth: ID (candid / diaSourceId), OBJECT_TYPE (0 real)
 
 Loose files are not in night folders: ingest dates them from their detection times. The
-pixels come from :func:`s2v_batch.simulator.simulate_stamps` (its physics, not yet the
-survey's: pixel scale and seeing are DES-like until survey profiles exist); the survey's own
+pixels come from :func:`s2v_batch.simulator.simulate_stamps` with the survey's profile (pixel
+scale, seeing, depth: :mod:`s2v_batch.simsurvey`); the survey's own
 real/bogus scores (``rb``, ``drb``, ``reliability``) are drawn from the truth with noise.
 Everything is deterministic: the same arguments give the same bytes.
 """
@@ -43,7 +43,13 @@ import numpy as np
 from .alertschema import RUBIN_SCHEMA_ID, ZTF_SCHEMA_VERSION, frame, parsed_schema
 from .alertstamps import NJY_AB_ZEROPOINT, fit_to_size
 from .nights import MJD_JD_OFFSET, TAI_MINUS_UTC_S, shift_night
-from .simulator import LABELS_CSV, SimulationError, fits_bytes, simulate_stamps
+from .simulator import (
+    LABELS_CSV,
+    TRAINING_REAL_FRACTION,
+    SimulationError,
+    fits_bytes,
+    simulate_stamps,
+)
 
 FORMATS = {"ztf": ("archive", "avro", "parquet"), "rubin": ("archive", "avro", "framed", "parquet")}
 #: Night 0 of the simulated ID scheme (IDs: base + night index * 1e9 + running number).
@@ -249,14 +255,16 @@ def _scores(rng: np.random.Generator, labels: np.ndarray, sharp: float) -> np.nd
     return np.where(labels == 1, real, 1.0 - real).astype(np.float32)
 
 
-def _night_records(survey, night, n, rng, sizes) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def _night_records(
+    survey, night, n, rng, sizes, real_fraction
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """The packets of one night (in chunks of pixels), their IDs and truth labels."""
     base = _ID_BASE[survey] + _night_index(night) * 10**9
     records, ids, labels = [], [], []
     for start in range(0, n, _CHUNK):
         m = min(_CHUNK, n - start)
         edge = 63 if survey == "ztf" else max(sizes)
-        batch = simulate_stamps(m, rng, size=edge)
+        batch = simulate_stamps(m, rng, size=edge, survey=survey, real_fraction=real_fraction)
         feats = batch.features
         lo, hi = _HOURS[survey]
         mjd = np.sort(_mjd_utc(night, rng.uniform(lo, hi, m)))
@@ -306,6 +314,7 @@ def simulate_alerts(
     seed: int = 0,
     first_night: int = 20240101,
     sizes: tuple[int, ...] = (47, 63, 79),
+    real_fraction: float = TRAINING_REAL_FRACTION,
     progress: bool = False,
 ) -> AlertSimulation:
     """Simulate whole nights of alert packets on disk (layout in the module docstring).
@@ -325,6 +334,8 @@ def simulate_alerts(
         ``YYYYMMDD`` of the first night (the observatory's evening date).
     sizes : tuple of int
         Rubin only: the edges its cut-outs are drawn from (they vary per alert).
+    real_fraction : float
+        Expected fraction of real transients (0.5, the training mix, by default).
     progress : bool
         One line per night to stderr.
 
@@ -367,7 +378,9 @@ def simulate_alerts(
         write_schema_files(out / "schemas")
     for night in night_list:
         rng = np.random.default_rng([seed, s_idx, night])
-        records, ids, labels = _night_records(survey, night, alerts_per_night, rng, sizes)
+        records, ids, labels = _night_records(
+            survey, night, alerts_per_night, rng, sizes, real_fraction
+        )
         files += _write_night(out, survey, night, fmt, records, ids)
         with open(csv, "a", encoding="ascii") as f:
             for sid, lab in zip(ids.tolist(), labels.tolist(), strict=True):

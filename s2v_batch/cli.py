@@ -54,6 +54,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
         print(simulate_alerts(a.out, survey=a.survey, nights=a.nights, alerts_per_night=a.stamps_per_night,
                               fmt=a.format or "archive", seed=a.seed, first_night=a.first_night or 20240101,
+                              real_fraction=a.real_fraction,
                               progress=not a.no_progress).line())  # fmt: skip
         return 0
     from .simulator import simulate
@@ -68,6 +69,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         size=a.size,
         first_night=a.first_night,
         stamps_per_archive=a.stamps_per_archive,
+        real_fraction=a.real_fraction,
         progress=not a.no_progress,
     )
     print(

@@ -60,6 +60,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cluster",
@@ -147,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--first-night", type=_night, default=None, help="first night YYYYMMDD")
     s.add_argument(
         "--stamps-per-archive", type=_positive_int, default=1000, help="for --format tar"
+    )
+    s.add_argument(
+        "--real-fraction",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        help="expected fraction of real transients, 0-1 (default 0.5, the training mix; a "
+        "survey's nightly stream of detections is mostly artifacts: 0.06 is like it)",
     )
     _add_progress(s)
 

@@ -2,7 +2,8 @@
 
 Everything lives under one work folder::
 
-    WORKDIR/raw/Y1/<YYYYMMDD>/...      simulated stamps: gif files, the last night as tar archives
+    WORKDIR/raw/Y1/<YYYYMMDD>/...      simulated stamps: gif files, the last night as tar archives;
+                                       the stream's mix (STREAM_REAL_FRACTION real, the rest artifacts)
     WORKDIR/raw/autoscan_features.3.csv
     WORKDIR/store/                     Zarr datasets, one per night
     WORKDIR/scores/                    hive-partitioned Parquet scores
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,31 +49,6 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def pack_night_as_tar(night_dir: str | os.PathLike[str]) -> list[Path]:
-    """Replace each folder of loose stamp files in a night by one tar archive of them.
-
-    The survey distributes stamps as tar archives: ``<night>/<name>.tar`` with members
-    ``<name>/{srch,temp,diff}<ID>.gif``, the layout ingest reads without unpacking.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The archives written.
-    """
-    night_dir = Path(night_dir)
-    archives = []
-    for sub in sorted(p for p in night_dir.iterdir() if p.is_dir()):
-        dest = night_dir / f"{sub.name}.tar"
-        tmp = night_dir / f".{sub.name}.tar.partial"
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for f in sorted(sub.iterdir()):
-                tf.add(f, arcname=f"{sub.name}/{f.name}", recursive=False)
-        os.replace(tmp, dest)
-        shutil.rmtree(sub)
-        archives.append(dest)
-    return archives
-
-
 def prepare(
     workdir: str | os.PathLike[str], *, nights: int, stamps_per_night: int, seed: int
 ) -> DemoData:
@@ -86,7 +61,7 @@ def prepare(
     """
     import time
 
-    from .simulator import simulate
+    from .simulator import STREAM_REAL_FRACTION, pack_night_as_tar, simulate
 
     _check_int("nights", nights, 1, 30)
     _check_int("stamps_per_night", stamps_per_night, 1, 200_000)
@@ -98,7 +73,7 @@ def prepare(
     raw = paths["raw"]
     t0 = time.perf_counter()
     want = {"season": DEMO_SEASON, "nights": nights, "stamps_per_night": stamps_per_night,
-            "seed": seed}  # fmt: skip
+            "seed": seed, "real_fraction": STREAM_REAL_FRACTION}  # fmt: skip
     marker = raw / _MARKER
     if raw.exists():
         try:
@@ -114,7 +89,7 @@ def prepare(
     marker.write_text(json.dumps({"params": want, "state": "simulating"}))
     sim = simulate(
         raw, season=DEMO_SEASON, nights=nights, stamps_per_night=stamps_per_night, fmt="gif",
-        seed=seed,
+        seed=seed, real_fraction=STREAM_REAL_FRACTION,  # a night's stream: mostly artifacts
     )  # fmt: skip
     if len(sim.nights) > 1:
         # Show both raw layouts: loose gif files, and (the last night) tar archives.

@@ -23,8 +23,7 @@ STAMPS = 120  # a night: enough for two ingest units and several score batches, 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two seasons: Y1 with a gif night (plus two corrupt stamps) and a tar night; Y2 one gif night."""
-    from s2v_batch.demo import pack_night_as_tar
-    from s2v_batch.simulator import simulate
+    from s2v_batch.simulator import pack_night_as_tar, simulate
 
     root = tmp_path_factory.mktemp("raw")
     y1 = simulate(root, season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=11)
