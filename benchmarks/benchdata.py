@@ -76,6 +76,7 @@ def make_night(
     seed: int = 3,
 ) -> Path:
     """A complete night of ``n`` stamps under ``store_root`` (reused when already there)."""
+    from s2v_batch import nightstate
     from s2v_batch import store as zstore
     from s2v_batch.config import IngestConfig
 
@@ -100,7 +101,7 @@ def make_night(
         night=NIGHT,
         attrs={
             "n_quarantined": 0,
-            zstore.FINGERPRINT_ATTR: f"bench-{dtype}-{n}-{cfg.float_encoding}",
+            nightstate.FINGERPRINT_ATTR: f"bench-{dtype}-{n}-{cfg.float_encoding}",
             "source_format": "fits" if dtype == "float32" else "gif",
         },
         shard_stamps=cfg.shard_stamps,

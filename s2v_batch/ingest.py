@@ -10,7 +10,7 @@ Per night, in two parallel phases:
    into the night's partial dataset; the finished dataset is verified, then renamed into place.
 
 Every stamp found is stored or written to the night's quarantine table with a reason. A night
-that is already current (``store.current_night``) is skipped.
+that is already current (``nightstate.current_night``) is skipped.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from . import nightstate
 from . import store as zstore
+from .assembly import NightAssembly, plan_night, stamp_size
 from .config import IngestConfig
-from .conventions import survey_of_season
 from .faults import ensure_free_space, human_bytes
 from .fsutil import atomic_path, exclusive_all, replace_dir
 from .labels import Labels, read_labels
 from .rawtree import Discovery, discover
-from .staging import assemble_shard, night_bytes, plan_shards, stage_unit, staged_files
-from .surveys import alert_columns, get_survey
+from .staging import assemble_shard, night_bytes, stage_unit, staged_files
 
 #: Bytes kept free beyond the estimate: quarantine tables, metadata, the lock file.
 SPACE_MARGIN = 1 << 20
@@ -116,22 +116,6 @@ class IngestSummary:
             f"{self.n_quarantined} quarantined; {len(self.nights)} nights ({done} ingested, "
             f"{skipped} already complete){csv}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
         )
-
-
-@dataclass
-class NightAssembly:
-    """A night being assembled: its partial dataset, shard tasks and quarantine records."""
-
-    season: str
-    night: int
-    night_fp: str
-    staging: Path
-    partial: Path
-    final: Path
-    shards: list[tuple[int, list[tuple[str, np.ndarray]]]]
-    quarantine: list[dict[str, Any]]
-    n_found: int
-    stamp_id: np.ndarray
 
 
 # --------------------------------------------------------------------------- the driver
@@ -240,15 +224,15 @@ def _ingest_nights(
     # Which nights are already current for exactly these inputs?
     todo: list[tuple[str, int]] = []
     fps = {
-        k: zstore.night_fingerprint(
-            disc.raw_fingerprints[k], lab.fingerprint if lab else None, _size(cfg, k[0])
+        k: nightstate.night_fingerprint(
+            disc.raw_fingerprints[k], lab.fingerprint if lab else None, stamp_size(cfg, k[0])
         )
         for k in keys
     }
     seen_ids: list[np.ndarray] = []
     for k in keys:
         path = zstore.night_path(store_root, *k)
-        attrs = zstore.current_night(path, fps[k], cfg.float_encoding)
+        attrs = nightstate.current_night(path, fps[k], cfg.float_encoding)
         if attrs is not None:
             n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
             qpath = zstore.quarantine_path(store_root, *k)
@@ -269,7 +253,7 @@ def _ingest_nights(
             sdir = zstore.staging_dir(store_root, *k, fps[k])
             sdir.mkdir(parents=True, exist_ok=True)
             for u in disc.units[k]:
-                fut = client.submit(stage_unit, u, str(sdir), _size(cfg, k[0]), pure=False)
+                fut = client.submit(stage_unit, u, str(sdir), stamp_size(cfg, k[0]), pure=False)
                 futures[fut] = (k, u.index)
             staged[k] = [{}] * len(disc.units[k])
         bar = tqdm(total=len(futures), desc="decode", unit="unit", disable=not progress)
@@ -292,7 +276,7 @@ def _ingest_nights(
 
     # Phase 2: assemble each pending night, shards in parallel across nights.
     pending = [
-        _plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg) for k in todo
+        plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg) for k in todo
     ]
     shard_futs = [
         client.submit(assemble_shard, str(plan.partial), start, pieces, pure=False)
@@ -347,101 +331,6 @@ def check_space(
     ensure_free_space(store_root, need, what)
 
 
-def _plan_night(
-    key: tuple[str, int],
-    units: list[dict[str, Any]],
-    first_seen: dict[int, str],
-    lab: Labels | None,
-    night_fp: str,
-    store_root: Path,
-    cfg: IngestConfig,
-) -> NightAssembly:
-    """Choose the stamps a night keeps (duplicates quarantined), create its partial dataset."""
-    season, night = key
-    quarantine: list[dict[str, Any]] = []
-    keep_ids, keep_frac, pieces_all = [], [], []
-    survey = survey_of_season(season)
-    keep_meta: dict[str, list[np.ndarray]] = {c.name: [] for c in get_survey(survey).columns}
-    n_found = 0
-    dtype = np.uint8
-    for meta in units:
-        n_found += meta["n_found"]
-        for q in meta["quarantine"]:
-            quarantine.append({"season": season, "night": night, **q})
-        rows = []
-        for j, (sid, path) in enumerate(zip(meta["stamp_id"].tolist(), meta["paths"], strict=True)):
-            prev = first_seen.get(sid)
-            if prev is not None:
-                reason = f"duplicate stamp_id in season {season} (first seen: {prev})"
-                quarantine.append(
-                    {
-                        "stamp_id": sid,
-                        "season": season,
-                        "night": night,
-                        "path": path,
-                        "reason": reason,
-                    }
-                )
-                continue
-            first_seen[sid] = path
-            rows.append(j)
-        if rows:
-            rows_a = np.asarray(rows, dtype=np.int64)
-            keep_ids.append(meta["stamp_id"][rows_a])
-            keep_frac.append(meta["masked_fraction"][rows_a])
-            for name, parts in keep_meta.items():
-                parts.append(meta.get("meta", {})[name][rows_a])
-            pieces_all.append((meta["npy"], rows_a))
-            if meta["dtype"] != "uint8":
-                dtype = np.float32
-    stamp_id = np.concatenate(keep_ids) if keep_ids else np.zeros(0, np.int64)
-    frac = np.concatenate(keep_frac) if keep_frac else np.zeros(0, np.float32)
-    label = lab.lookup(stamp_id) if lab is not None else np.full(len(stamp_id), -1, np.int8)
-    extra = alert_columns(get_survey(survey), keep_meta)
-    final = zstore.night_path(store_root, season, night)
-    partial = zstore.partial_path(final)
-    zstore.create_night(
-        partial,
-        n_stamps=len(stamp_id),
-        dtype=dtype,
-        size=_size(cfg, season),
-        stamp_id=stamp_id,
-        label=label,
-        masked_fraction=frac,
-        season=season,
-        night=night,
-        attrs={
-            "n_quarantined": len(quarantine),
-            "n_found": n_found,
-            zstore.FINGERPRINT_ATTR: zstore.stored_fingerprint(night_fp, dtype, cfg.float_encoding),
-            "source_format": "fits" if dtype == np.float32 else "gif",
-            "labelled": lab is not None,
-            "survey": survey,
-        },
-        extra=extra,
-        shard_stamps=cfg.shard_stamps,
-        chunk_stamps=cfg.chunk_stamps,
-        float_encoding=cfg.float_encoding,
-    )
-    return NightAssembly(
-        season=season,
-        night=night,
-        night_fp=night_fp,
-        staging=zstore.staging_dir(store_root, season, night, night_fp),
-        partial=partial,
-        final=final,
-        shards=plan_shards(pieces_all, cfg.shard_stamps),
-        quarantine=quarantine,
-        n_found=n_found,
-        stamp_id=stamp_id,
-    )
-
-
-def _size(cfg: IngestConfig, season: str) -> int:
-    """The stamp edge of a season's survey."""
-    return cfg.size_for(survey_of_season(season))
-
-
 def _finish_night(plan: NightAssembly, store_root: Path) -> NightResult:
     """Verify the assembled night, write its quarantine, rename it into place, drop staging."""
     if zstore.verify_night(plan.partial) is None:
@@ -453,7 +342,7 @@ def _finish_night(plan: NightAssembly, store_root: Path) -> NightResult:
         raise RuntimeError(f"night {plan.season}/{plan.night}: stamp accounting broke (a bug)")
     qpath = zstore.quarantine_path(store_root, plan.season, plan.night)
     # The dataset, then its quarantine table, each in one rename: a run stopped in between
-    # leaves a night that store.current_night does not take for done (the counts differ).
+    # leaves a night that nightstate.current_night does not take for done (the counts differ).
     with atomic_path(qpath) as qtmp:
         zstore.write_quarantine(qtmp, plan.quarantine)
         replace_dir(plan.partial, plan.final)

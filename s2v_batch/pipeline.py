@@ -7,7 +7,7 @@ pangeo-forge-recipes' transforms are over its functions: each flow task calls on
 - :func:`resolve_night` is the observing-night calendar (a night is named by its evening's date).
 - :func:`plan` walks the raw tree once and says, per night, whether its stored dataset and its
   published scores are current: with the same tests the steps themselves skip with
-  (``store.current_night``, ``sink.current_scores``), so there is one skip mechanism, the
+  (``nightstate.current_night``, ``sink.current_scores``), so there is one skip mechanism, the
   library's verified completeness. :func:`plan_night` waits for a night's data to arrive.
 - :func:`ingest_night`, :func:`score_night`, :func:`process_night` and :func:`report_season` run
   one step each and return what it did; each step resumes and skips on its own.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import sink
+from . import nightstate, sink
 from . import store as zstore
 from .conventions import survey_of_season
 from .ingest import NightResult, ingest
@@ -152,10 +152,10 @@ def plan(
     planned = []
     for season, night in keys:
         raw_fp = disc.raw_fingerprints[(season, night)]
-        night_fp = zstore.night_fingerprint(
+        night_fp = nightstate.night_fingerprint(
             raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey_of_season(season))
         )
-        attrs = zstore.current_night(
+        attrs = nightstate.current_night(
             zstore.night_path(inputs.store, season, night), night_fp, cfg.ingest.float_encoding
         )
         scored = attrs is not None and (
@@ -163,7 +163,7 @@ def plan(
                 inputs.scores,
                 season,
                 night,
-                night_fp=zstore.fingerprint_of(attrs),
+                night_fp=nightstate.fingerprint_of(attrs),
                 model_sha256=inputs.card.sha256,
                 threshold=inputs.threshold,
                 n_stamps=int(attrs["n_stamps"]),

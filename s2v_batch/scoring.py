@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import sink
+from . import nightstate, sink
 from . import store as zstore
 from .config import ScoreConfig
 from .conventions import survey_of_season
@@ -248,7 +248,7 @@ def _score_nights(
         if attrs is None:
             log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
             continue
-        night_fp, n_stamps = zstore.fingerprint_of(attrs), int(attrs["n_stamps"])
+        night_fp, n_stamps = nightstate.fingerprint_of(attrs), int(attrs["n_stamps"])
         m = skip_complete and sink.current_scores(
             scores_root,
             ref.season,
@@ -336,7 +336,7 @@ def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, ski
         attrs = zstore.read_attrs(ref.path)
         n = int(attrs.get("n_stamps", 0))
         current = skip_complete and sink.current_scores(
-            scores_root, ref.season, ref.night, night_fp=zstore.fingerprint_of(attrs),
+            scores_root, ref.season, ref.night, night_fp=nightstate.fingerprint_of(attrs),
             model_sha256=card.sha256, threshold=threshold, n_stamps=n,
         )  # fmt: skip
         if not current:

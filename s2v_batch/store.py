@@ -12,18 +12,17 @@ Layout (this module is the only one that builds these paths)::
 A night dataset holds ``stamps (stamp, y, x, channel)`` (uint8 for gif-derived stamps, float32
 for fits and alert cut-outs), ``stamp_id``, ``label`` (int8, -1 unknown), ``masked_fraction`` and
 the coordinate ``channel``; a night of alerts also holds the alert fields kept per stamp
-(``surveys.Survey.columns``, listed in the attribute ``alert_columns``) and says its ``survey``. ``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small
-inner chunks, so that writing is fast and one stamp can be read without decompressing a whole
+(``surveys.Survey.columns``, listed in the attribute ``alert_columns``) and says its ``survey``.
+``stamps`` is sharded along ``stamp``: one shard file of thousands of stamps, small inner chunks, so that writing is fast and one stamp can be read without decompressing a whole
 shard. Its attribute ``night_fingerprint`` says which raw inputs, labels and settings it was made
-from (:func:`night_fingerprint`; for float stamps also their encoding, :func:`stored_fingerprint`);
-a night is *current* when it verifies and that matches. The attribute ``stamps_encoding`` says how
+from, and a night is *current* when it verifies and that matches (:mod:`s2v_batch.nightstate`).
+The attribute ``stamps_encoding`` says how
 the pixels are stored (:mod:`s2v_batch.encoding`: ``lossless``, or ``bitround-K`` for float
 stamps with ``K`` mantissa bits kept); any Zarr reader reads pixel values back either way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -45,12 +44,6 @@ from .fsutil import atomic_path, replace_dir
 DEFAULT_SHARD_STAMPS = 4096
 #: Stamps per inner chunk (the unit of compression and of random access).
 DEFAULT_CHUNK_STAMPS = 256
-#: Bumped when the stored layout changes, so finished nights are re-ingested.
-FORMAT_VERSION = "1"
-#: The attribute holding :func:`night_fingerprint`; stores written before 0.2 call it
-#: ``input_fingerprint`` (still read).
-FINGERPRINT_ATTR = "night_fingerprint"
-_OLD_FINGERPRINT_ATTRS = ("input_fingerprint",)
 #: The attribute naming the alert fields kept per stamp (1-D arrays beside ``stamp_id``).
 ALERT_COLUMNS_ATTR = "alert_columns"
 
@@ -127,78 +120,6 @@ def write_quarantine(path: str | Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def night_fingerprint(raw_fingerprint: str, labels_fingerprint: str | None, stamp_size: int) -> str:
-    """What a stored night must match to be current: its raw inputs, labels, stamp size, format.
-
-    Parameters
-    ----------
-    raw_fingerprint : str
-        The night's raw inputs (``rawtree.Discovery.fingerprints``: paths, sizes, mtimes).
-    labels_fingerprint : str, optional
-        The labels CSV's :func:`~s2v_batch.fsutil.file_identity` (None: no labels).
-    stamp_size : int
-        Stamp edge in pixels.
-
-    Returns
-    -------
-    str
-        A sha256 hex digest.
-    """
-    h = hashlib.sha256()
-    for part in (raw_fingerprint, labels_fingerprint or "", str(int(stamp_size)), FORMAT_VERSION):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()
-
-
-def stored_fingerprint(night_fp: str, dtype: np.dtype | str, float_encoding: str) -> str:
-    """The fingerprint a night of ``dtype`` records: ``night_fp``, and for float stamps not
-    stored losslessly also their encoding (the pixels depend on it; uint8 pixels do not)."""
-    applied = enc.applied(dtype, float_encoding)
-    if applied == enc.LOSSLESS:
-        return night_fp
-    return hashlib.sha256(f"{night_fp}\0{applied}".encode()).hexdigest()
-
-
-def fingerprint_of(attrs: Mapping[str, Any]) -> str | None:
-    """The night fingerprint recorded in a dataset's attributes (old attribute names too)."""
-    for name in (FINGERPRINT_ATTR, *_OLD_FINGERPRINT_ATTRS):
-        if attrs.get(name):
-            return str(attrs[name])
-    return None
-
-
-def current_night(
-    path: str | Path, night_fp: str, float_encoding: str = enc.LOSSLESS
-) -> dict[str, Any] | None:
-    """The attributes of a night dataset that is complete and made from ``night_fp`` (and, for
-    float stamps, stored in ``float_encoding``); else None.
-
-    The one test of "this night is done" that ingest (to skip it) and planning use.
-    """
-    attrs = verify_night(path)
-    if attrs is None or not _quarantine_matches(path, attrs):
-        return None
-    expected = stored_fingerprint(night_fp, stamps_array(path).dtype, float_encoding)
-    return attrs if fingerprint_of(attrs) == expected else None
-
-
-def _quarantine_matches(path: str | Path, attrs: Mapping[str, Any]) -> bool:
-    """Whether the night's quarantine table holds the ``n_quarantined`` rows its dataset records
-    (an ingest stopped between publishing the two is redone, never taken for done)."""
-    path = Path(path)
-    qpath = path.parent / f"quarantine-{path.stem}.parquet"
-    expected = int(attrs.get("n_quarantined", 0))
-    try:
-        return pq.ParquetFile(qpath).metadata.num_rows == expected
-    except FileNotFoundError:
-        return expected == 0
-    except Exception:
-        return False
 
 
 def list_nights(store_root: str | Path, season: str | None = None) -> list[NightRef]:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
-from s2v_batch import faults, sink
+from s2v_batch import faults, nightstate, sink
 from s2v_batch import store as zstore
 from s2v_batch.cluster import cpu_worker_env
 from s2v_batch.config import IngestConfig, ScoreConfig
@@ -276,7 +276,7 @@ def only_complete_nights(store: Path | None = None, scores: Path | None = None) 
         for ref in zstore.list_nights(store):
             attrs = zstore.verify_night(ref.path)
             assert attrs is not None, ref.path
-            assert zstore.current_night(ref.path, zstore.fingerprint_of(attrs)) is not None
+            assert nightstate.current_night(ref.path, nightstate.fingerprint_of(attrs)) is not None
     if scores is not None and scores.is_dir():
         for night in scores.glob("season=*/night=*"):
             manifest = json.loads((night / sink.MANIFEST).read_text())

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from s2v_batch import pipeline, sink
+from s2v_batch import nightstate, pipeline, sink
 from s2v_batch import store as zstore
 
 STAMPS = 60
@@ -150,8 +150,8 @@ def test_stores_and_manifests_written_before_the_renaming_are_still_current(tmp_
         night=20130901,
         attrs={"input_fingerprint": "f" * 64},  # the attribute's name before 0.2
     )
-    assert zstore.current_night(path, "f" * 64) is not None
-    assert zstore.current_night(path, "e" * 64) is None
+    assert nightstate.current_night(path, "f" * 64) is not None
+    assert nightstate.current_night(path, "e" * 64) is None
     nd = sink.night_dir(tmp_path / "scores", "Y1", 20130901)
     nd.mkdir(parents=True)
     (nd / sink.MANIFEST).write_text(

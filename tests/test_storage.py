@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import encoding as enc
-from s2v_batch import sink
+from s2v_batch import nightstate, sink
 from s2v_batch import store as zstore
 from s2v_batch.config import ConfigError, IngestConfig
 from s2v_batch.shardread import StampReader
@@ -153,13 +153,13 @@ def test_fingerprint_follows_the_float_encoding(tmp_path):
             season="Y1",
             night=20130901,
             float_encoding=e,
-            attrs={zstore.FINGERPRINT_ATTR: zstore.stored_fingerprint(fp, px.dtype, e)},
+            attrs={nightstate.FINGERPRINT_ATTR: nightstate.stored_fingerprint(fp, px.dtype, e)},
         )
-        assert zstore.current_night(path, fp, e) is not None
+        assert nightstate.current_night(path, fp, e) is not None
         other = "bitround-8" if e == "lossless" else "lossless"
-        assert zstore.current_night(path, fp, other) is None  # re-ingested in the new encoding
+        assert nightstate.current_night(path, fp, other) is None  # re-ingested in the new encoding
     # uint8 stamps are lossless whatever the setting: their fingerprint does not move.
-    assert zstore.stored_fingerprint(fp, np.uint8, "bitround-8") == fp
+    assert nightstate.stored_fingerprint(fp, np.uint8, "bitround-8") == fp
     with pytest.raises(ConfigError, match="float_encoding"):
         IngestConfig(float_encoding="bitround-30")
     with pytest.raises(ConfigError, match="float_encoding"):
