@@ -85,7 +85,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     from .cluster import open_client
     from .ingest import IngestError, ingest
 
-    cfg = _load_config(a.config, ingest={"lock_wait": a.lock_wait})
+    cfg = _load_config(
+        a.config, ingest={"lock_wait": a.lock_wait, "float_encoding": a.float_encoding}
+    )
     if a.night and not a.season:
         raise IngestError("--night needs --season (the season the night belongs to)")
     nights = {(a.season, n) for n in a.night} if a.night else None

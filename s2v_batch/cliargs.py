@@ -70,6 +70,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _float_encoding(text: str) -> str:
+    from .encoding import EncodingError, keepbits
+
+    try:
+        keepbits(text)
+    except EncodingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cluster",
@@ -179,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, help="with --night: only this season")
     s.add_argument("--night", type=_night, action="append", help="only this night (repeatable)")
     s.add_argument("--config", metavar="YAML", help="pipeline config (ingest section)")
+    s.add_argument(
+        "--float-encoding",
+        type=_float_encoding,
+        metavar="ENC",
+        help="how float (FITS, alert) stamps are stored: lossless, or bitround-K (K mantissa "
+        "bits kept, 1-22; fewer bytes, pixel values within 2^-K relative); default: the config's "
+        "ingest.float_encoding. GIF stamps are always lossless",
+    )
     _add_lock_wait(s, "season")
     _add_cluster(s)
     _add_progress(s)

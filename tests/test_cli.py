@@ -75,6 +75,11 @@ BAD_ARGUMENTS = [
     (["backfill", *NIGHTLY[:6]], "s2v backfill", "required: --reports"),
     (["backfill", *NIGHTLY], "s2v backfill", "raw input r does not exist"),
     (["backfill", *NIGHTLY, "--max-concurrency", "0"], "s2v backfill", "positive integer"),
+    (
+        ["ingest", "{tmp}", "--store", "s", "--float-encoding", "bitround-30"],
+        "s2v ingest",
+        "unknown float encoding 'bitround-30'",
+    ),
     (["demo", "--nights", "0"], "s2v demo", "positive integer"),
     (["demo", "--bogus"], "s2v demo", "unrecognized arguments: --bogus"),
 ]
@@ -186,3 +191,31 @@ def test_an_unknown_config_is_a_one_line_error_listing_the_shipped_names(tmp_pat
         p.stem for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")
     )
     assert f"(shipped: {', '.join(configs)})" in err
+
+
+def test_ingest_float_encoding_stores_fits_stamps_compactly(tmp_path):
+    """--float-encoding bitround-K: float stamps keep K mantissa bits (recorded in the night's
+    attributes), their values within 2^-K relative of the lossless ones; GIF nights stay lossless."""
+    import numpy as np
+
+    from s2v_batch import store as zstore
+    from s2v_batch.cli import main
+    from s2v_batch.simulator import simulate
+
+    raw = tmp_path / "raw"
+    simulate(raw, season="Y1", nights=1, stamps_per_night=60, fmt="fits", seed=3)
+    simulate(raw, season="Y2", nights=1, stamps_per_night=20, fmt="gif", seed=4)
+    got = {}
+    for enc in ("lossless", "bitround-7"):
+        store = tmp_path / enc
+        args = ["ingest", str(raw), "--store", str(store), "--float-encoding", enc]
+        assert main([*args, "--no-progress"]) == 0
+        for ref in zstore.list_nights(store):
+            attrs = zstore.read_attrs(ref.path)
+            got[enc, ref.season] = (attrs["stamps_encoding"], zstore.open_night(ref.path))
+    assert got["bitround-7", "Y1"][0] == "bitround-7"
+    assert got["lossless", "Y1"][0] == "lossless" and got["bitround-7", "Y2"][0] == "lossless"
+    exact = got["lossless", "Y1"][1].stamps.values
+    compact = got["bitround-7", "Y1"][1].stamps.values
+    assert compact.dtype == np.float32 and not np.array_equal(exact, compact)
+    np.testing.assert_allclose(compact, exact, rtol=2.0**-7, atol=0)
