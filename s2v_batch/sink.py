@@ -264,7 +264,7 @@ def merge_parts(
     *,
     sort: Sequence[tuple[str, str]] = PUBLISH_SORT,
     row_group: int = PUBLISH_ROW_GROUP,
-    file_rows: int = PUBLISH_FILE_ROWS,
+    file_rows: int | None = None,
 ) -> list[Path]:
     """Write the rows of ``parts`` into ``folder`` as one file named for run ``run_id``
     (:func:`part_path`; more files of ``file_rows`` rows for a larger night), sorted by ``sort``,
@@ -280,6 +280,7 @@ def merge_parts(
     """
     if not parts:
         return []
+    file_rows = file_rows or PUBLISH_FILE_ROWS  # read now: a test may lower the module's value
     first = pq.ParquetFile(parts[0]).schema_arrow
     strings = [f.name for f in first if pa.types.is_string(f.type)]
     table = pa.concat_tables(

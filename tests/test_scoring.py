@@ -290,18 +290,22 @@ def test_readers_never_see_a_mix_while_a_night_is_rescored(client, stored, model
     assert not mixed, f"{len(mixed)} of {len(runs)} reads mixed two runs"
 
 
-def test_a_listing_taken_before_a_swap_never_reads_a_mix(client, stored, models, tmp_path):
+def test_a_listing_taken_before_a_swap_never_reads_a_mix(
+    monkeypatch, client, stored, models, tmp_path
+):
     """What a reader does inside pd.read_parquet, made deterministic: list the night's files,
     read half, the night is re-scored, read the rest. It must get one run's rows, or fail
     (its listing went stale: list again), never rows of two runs."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
+    # A night of several published files, as a night past PUBLISH_FILE_ROWS rows is.
+    monkeypatch.setattr(sink, "PUBLISH_FILE_ROWS", SHARD)
     out = tmp_path / "scores"
-    kw = dict(config=CFG, season="Y1", progress=False)
+    kw = dict(config=CFG, season="Y1", night=20130901, progress=False)
     score(stored, out, client, model_path=models[0], **kw)
     frags = list(ds.dataset(out, format="parquet", partitioning="hive").get_fragments())
-    assert len(frags) == 1  # one file a night: a stale listing names the old run's file
+    assert len(frags) == N_PARTS
     half = len(frags) // 2
     first = [f.to_table(columns=["run_id"]) for f in frags[:half]]
     score(stored, out, client, model_path=models[1], **kw)
