@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -122,7 +123,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise StoreError(f"no stored nights under {', '.join(a.store)}")
     from .train import train  # after the checks: TensorFlow's import writes to stderr
 
-    command = "s2v " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("s2v") else None
+    command = shlex.join(["s2v", *sys.argv[1:]]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
     r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress)
     print(f"train: {r.line()}")

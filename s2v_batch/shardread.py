@@ -29,6 +29,17 @@ import numpy as np
 _EMPTY = 2**64 - 1
 
 
+class CorruptShardError(ValueError):
+    """A shard file whose bytes do not hold what its index says (cut short, bad checksum): the
+    stored night is damaged, which no retry mends."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        night = next((p for p in Path(path).parents if p.suffix == ".zarr"), Path(path))
+        super().__init__(
+            f"{path}: {what}: the stored night is damaged; delete {night} and ingest it again"
+        )
+
+
 class _Layout:
     """What the fast path needs from a ``stamps/zarr.json``; raises ValueError when unsupported."""
 
@@ -189,13 +200,13 @@ class StampReader:
         pos = st.st_size - lay.index_bytes if lay.index_at_end else 0
         raw = os.pread(fd, lay.index_bytes, pos)
         if len(raw) != lay.index_bytes:
-            raise OSError(f"{self._shard_file(shard)}: shard index cut short")
+            raise CorruptShardError(self._shard_file(shard), "shard index cut short")
         if lay.crc:
             import google_crc32c
 
             body, stored = raw[:-4], raw[-4:]
             if np.uint32(google_crc32c.value(body)).tobytes() != stored:
-                raise OSError(f"{self._shard_file(shard)}: shard index checksum mismatch")
+                raise CorruptShardError(self._shard_file(shard), "shard index checksum mismatch")
             raw = body
         idx = np.frombuffer(raw, dtype="<u8").reshape(lay.n_inner, 2).copy()
         self._indexes[key] = idx
@@ -226,7 +237,7 @@ class StampReader:
                 hi = int((ranges[present, 0] + ranges[present, 1]).max())
                 data = self._scratch(hi - lo)
                 if os.preadv(fd, [data], lo) != hi - lo:
-                    raise OSError(f"{self._shard_file(shard)}: shard cut short")
+                    raise CorruptShardError(self._shard_file(shard), "shard cut short")
             for k, (off, nbytes) in zip(range(c0, c1), ranges.tolist(), strict=True):
                 k0 = k * lay.chunk  # the chunk's stamps, within the shard
                 lo_s, hi_s = max(a, k0), min(b, k0 + lay.chunk)
@@ -249,7 +260,7 @@ class StampReader:
         dec = self._layout.decoder
         if dec is None:
             if len(src) != target.nbytes:
-                raise OSError(f"{self.path}: an inner chunk has the wrong size")
+                raise CorruptShardError(self.path, "an inner chunk has the wrong size")
             target[...] = np.frombuffer(src, np.uint8)
         else:
             dec.decode(src, out=target)

@@ -19,7 +19,7 @@ from s2v_batch import encoding as enc
 from s2v_batch import nightstate, sink
 from s2v_batch import store as zstore
 from s2v_batch.config import ConfigError, IngestConfig
-from s2v_batch.shardread import StampReader
+from s2v_batch.shardread import CorruptShardError, StampReader
 
 N = 1000  # not a multiple of the shard (256) nor of the chunk (64)
 
@@ -95,7 +95,10 @@ def test_reader_missing_shard_and_damaged_index(nights, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF  # inside the index: its crc32c no longer matches
     shard.write_bytes(bytes(data))
-    with pytest.raises(OSError, match="checksum"):
+    with pytest.raises(CorruptShardError, match="checksum mismatch: the stored night is damaged"):
+        StampReader(stamps).read(0, 10)
+    shard.write_bytes(bytes(data[:100]))  # cut short
+    with pytest.raises(CorruptShardError, match=f"delete {copy} and ingest it again"):
         StampReader(stamps).read(0, 10)
     with pytest.raises(ValueError, match="C-contiguous"):
         StampReader(stamps).read(300, 310, out=np.empty((9, 51, 51, 3), np.uint8))

@@ -282,26 +282,41 @@ def test_train_config_repr_rebuilds_it() -> None:
 
 
 def test_shipped_card_records_a_valid_train_call() -> None:
-    """The shipped card's training_command ends in a train(...) call this signature accepts."""
+    """The shipped card's training_command is an ``s2v train`` command line (or a Python
+    ``train(...)`` call) that today's parser (or signature) accepts and that says what the card
+    records: architecture, name, version, seed, batch size, learning rate, recall, data."""
     import ast
     import inspect
+    import shlex
 
-    command = M.load_card(M.default_model_path()).training_command
-    code = command.split('python -c "', 1)[1].rsplit('"', 1)[0]
-    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
-    call = next(c for c in calls if getattr(c.func, "id", None) == "train")
-    cfg_call = call.args[2]
-    assert isinstance(cfg_call, ast.Call) and cfg_call.func.id == "TrainConfig"
-    cfg = TrainConfig(**{k.arg: ast.literal_eval(k.value) for k in cfg_call.keywords})
+    from s2v_batch.cliargs import build_parser
+
     card = M.load_card(M.default_model_path())
     td = card.training_data
+    command = card.training_command
+    if command.startswith("s2v train "):
+        a = build_parser().parse_args(shlex.split(command)[1:])
+        cfg = TrainConfig(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size,
+                          learning_rate=a.learning_rate, patience=a.patience,
+                          target_recall=a.target_recall, seed=a.seed, name=a.name,
+                          version=a.version)  # fmt: skip
+        description, simulated = a.data_description, a.simulated
+    else:
+        code = command.split('python -c "', 1)[1].rsplit('"', 1)[0]
+        calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+        call = next(c for c in calls if getattr(c.func, "id", None) == "train")
+        cfg_call = call.args[2]
+        assert isinstance(cfg_call, ast.Call) and cfg_call.func.id == "TrainConfig"
+        cfg = TrainConfig(**{k.arg: ast.literal_eval(k.value) for k in cfg_call.keywords})
+        args = [ast.literal_eval(a) for a in call.args[:2]] + [cfg]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        inspect.signature(T.train).bind(*args, **kwargs)  # raises when the call no longer fits
+        description = kwargs["training_data"]["description"]
+        simulated = kwargs["training_data"]["simulated"]
     assert (cfg.arch, cfg.name, cfg.version) == (card.architecture, card.name, card.version)
     assert (cfg.seed, cfg.batch_size) == (td["training_seed"], td["batch_size"])
     assert (cfg.learning_rate, cfg.target_recall) == (td["learning_rate"], card.target_recall)
-    args = [ast.literal_eval(a) for a in call.args[:2]] + [cfg]
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    inspect.signature(T.train).bind(*args, **kwargs)  # raises when the call no longer fits
-    assert kwargs["training_data"]["description"] == td["description"]
+    assert (description, simulated) == (td["description"], td["simulated"])
 
 
 def test_train_refuses_bad_input(stores, tmp_path: Path) -> None:
