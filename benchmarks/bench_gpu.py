@@ -148,8 +148,18 @@ def machine(quick: bool) -> dict[str, Any]:
         "backend": keras.backend.backend(),
     }
     versions = []
-    for pkg in ("jax", "jaxlib", "numpy", "zarr", "numcodecs", "dask", "distributed",
-                "dask-cuda", "xarray", "pyarrow"):
+    for pkg in (
+        "jax",
+        "jaxlib",
+        "numpy",
+        "zarr",
+        "numcodecs",
+        "dask",
+        "distributed",
+        "dask-cuda",
+        "xarray",
+        "pyarrow",
+    ):
         try:
             versions.append(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
@@ -245,7 +255,13 @@ def tiled(base: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def make_night(
-    root: Path, night: int, n: int, u8: np.ndarray, labels: np.ndarray, shard: int, chunk: int,
+    root: Path,
+    night: int,
+    n: int,
+    u8: np.ndarray,
+    labels: np.ndarray,
+    shard: int,
+    chunk: int,
     writers: int,
 ) -> tuple[Path, str]:
     """A night of ``n`` uint8 stamps tiling ``u8``, written shard by shard by ``writers`` threads.
@@ -309,7 +325,10 @@ def matmul_rates(n: int, repeats: int, min_s: float) -> dict[str, float]:
     cases = {
         "float32 (default precision)": (jax.jit(lambda x, y: x @ y), a32, b32),
         "float32 (precision='highest')": (
-            jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest")), a32, b32),
+            jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest")),
+            a32,
+            b32,
+        ),
         "bfloat16": (jax.jit(lambda x, y: x @ y), a16, b16),
     }
     out = {}
@@ -345,9 +364,7 @@ def pipelined(call: Callable[[Any], Any], x: np.ndarray, bs: int) -> np.ndarray:
 # --------------------------------------------------------------------------- table 4
 
 
-def data_path(
-    night: Path, n: int, block: int, readers: int, to_gpu: bool
-) -> float:
+def data_path(night: Path, n: int, block: int, readers: int, to_gpu: bool) -> float:
     """Stamps/s reading (and copying to the GPU) stamps [0, n) split among ``readers`` threads."""
     import jax
     import zarr
@@ -410,20 +427,33 @@ def cluster_spec(quick: bool, threads: int, fallback: bool = False):
     if fallback:
         return ClusterSpec(
             kind="local",
-            options={"n_workers": 1, "threads_per_worker": threads, "processes": True,
-                     "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+            options={
+                "n_workers": 1,
+                "threads_per_worker": threads,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": "127.0.0.1:0",
+            },
             worker_env=dict(spec.worker_env),
             name=f"LocalCluster fallback, 1 worker (threads_per_worker={threads})",
         )
     opts = {**spec.options, "threads_per_worker": threads, "dashboard_address": "127.0.0.1:0"}
     if quick:  # one worker: the check must not take a shared 2-core machine from others
         opts["n_workers"] = 1
-    return dataclasses.replace(spec, options=opts, name=f"{spec.name} (threads_per_worker={threads})")
+    return dataclasses.replace(
+        spec, options=opts, name=f"{spec.name} (threads_per_worker={threads})"
+    )
 
 
 def run_group(
-    runs: list[E2E], quick: bool, store: Path, workdir: Path, model: Path, check: int,
-    sampler_on: bool, fallback: bool = False,
+    runs: list[E2E],
+    quick: bool,
+    store: Path,
+    workdir: Path,
+    model: Path,
+    check: int,
+    sampler_on: bool,
+    fallback: bool = False,
 ) -> None:
     """Run the e2e runs of one threads-per-worker setting on one cluster (started and warmed)."""
     from s2v_batch.cluster import open_client
@@ -452,8 +482,16 @@ def run_group(
             try:
                 with GpuSampler(sampler_on) as smp:
                     t1 = time.perf_counter()
-                    s = score(store, out, client, model_path=model, night=r.night, config=cfg,
-                              progress=False, log=log)
+                    s = score(
+                        store,
+                        out,
+                        client,
+                        model_path=model,
+                        night=r.night,
+                        config=cfg,
+                        progress=False,
+                        log=log,
+                    )
                     r.seconds = time.perf_counter() - t1
                 r.n, r.busy, r.mem = s.n_stamps, smp.busy_text(), smp.mem_text()
                 log(f"e2e {r.label}: {s.line()}")
@@ -485,17 +523,23 @@ np.save(out, Predictor(model, batch_size=int(batch)).predict(x))
 """
 
 
-def reference_scores(model: Path, night: Path, k: int, batch: int, out: Path,
-                     env: dict[str, str]) -> tuple[np.ndarray | None, str]:
+def reference_scores(
+    model: Path, night: Path, k: int, batch: int, out: Path, env: dict[str, str]
+) -> tuple[np.ndarray | None, str]:
     """fp32 ``Predictor.predict`` of the first ``k`` stamps in a fresh process with ``env``
     (e.g. ``JAX_PLATFORMS=cpu``): a reference the GPU process cannot give itself."""
     root = str(Path(__file__).resolve().parent.parent)
     pp = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), root) if p)
     t0 = time.perf_counter()
     try:
-        subprocess.run([sys.executable, "-c", _REF_CODE, str(model), str(night), str(k),
-                        str(batch), str(out)], env={**os.environ, "PYTHONPATH": pp, **env},
-                       check=True, timeout=300, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-c", _REF_CODE, str(model), str(night), str(k), str(batch), str(out)],
+            env={**os.environ, "PYTHONPATH": pp, **env},
+            check=True,
+            timeout=300,
+            capture_output=True,
+            text=True,
+        )
         return np.load(out), f"{time.perf_counter() - t0:.0f} s"
     except subprocess.CalledProcessError as exc:
         return None, f"failed: {exc.stderr.strip().splitlines()[-1:]}"
@@ -523,49 +567,97 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Defaults are for a GPU; --quick (automatic without one) shrinks every size.",
     )
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes on the CPU with a LocalCluster (a check of the script)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes on the CPU with a LocalCluster (a check of the script)",
+    )
     p.add_argument("--model", type=Path, help="model .keras or .json (default: the shipped one)")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/s2v-bench-gpu"),
-                   help="temporary store and scores (default /tmp/s2v-bench-gpu)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/s2v-bench-gpu"),
+        help="temporary store and scores (default /tmp/s2v-bench-gpu)",
+    )
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     p.add_argument("--stamps", type=int, help="stamps in the large night (GPU default 1,000,000)")
     p.add_argument("--shard-stamps", type=int, help="shard of the large night (default 16384)")
-    p.add_argument("--defaults-stamps", type=int,
-                   help="stamps in the night scored with the shipped defaults (default 262144; "
-                   "0 skips that run)")
-    p.add_argument("--writers", type=int, default=os.cpu_count() or 1,
-                   help="threads writing the store (default: one per core)")
+    p.add_argument(
+        "--defaults-stamps",
+        type=int,
+        help="stamps in the night scored with the shipped defaults (default 262144; "
+        "0 skips that run)",
+    )
+    p.add_argument(
+        "--writers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads writing the store (default: one per core)",
+    )
     p.add_argument("--matmul-size", type=int, help="matrix edge (default 8192)")
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1024 4096 16384)")
-    p.add_argument("--host-stamps", type=int,
-                   help="stamps per timed Predictor.predict call (default 65536)")
+    p.add_argument(
+        "--host-stamps", type=int, help="stamps per timed Predictor.predict call (default 65536)"
+    )
     p.add_argument("--data-stamps", type=int, help="stamps read per data-path run (default 262144)")
-    p.add_argument("--blocks", type=int, nargs="+", help="data-path blocks (default 2048 8192 32768)")
+    p.add_argument(
+        "--blocks", type=int, nargs="+", help="data-path blocks (default 2048 8192 32768)"
+    )
     p.add_argument("--readers", type=int, help="concurrent readers (default 8)")
-    p.add_argument("--threads", type=int, nargs="+",
-                   help="threads per worker to sweep end to end (default 2 4 8)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        help="threads per worker to sweep end to end (default 2 4 8)",
+    )
     p.add_argument("--e2e-batch", type=int, help="batch size end to end (default 4096)")
     p.add_argument("--part-stamps", type=int, help="stamps per task end to end (default 32768)")
     p.add_argument("--check-stamps", type=int, help="stamps compared in table 6 (default 4096)")
     p.add_argument("--repeats", type=int, help="timed runs per figure, best kept (default 3)")
-    p.add_argument("--budget-s", type=float, default=0.0,
-                   help="skip end-to-end runs that would start after this many seconds "
-                   "(0: no limit)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=0.0,
+        help="skip end-to-end runs that would start after this many seconds (0: no limit)",
+    )
     a = p.parse_args(argv)
     return a
 
 
 def defaults(a: argparse.Namespace, quick: bool) -> argparse.Namespace:
     """Fill the unset sizes: the GPU's, or tiny ones for the CPU check."""
-    big = dict(stamps=1_000_000, shard_stamps=16384, defaults_stamps=262144, matmul_size=8192,
-               batches=[1024, 4096, 16384], host_stamps=65536, data_stamps=262144,
-               blocks=[2048, 8192, 32768], readers=8, threads=[2, 4, 8], e2e_batch=4096,
-               part_stamps=32768, check_stamps=4096, repeats=3)
-    tiny = dict(stamps=2048, shard_stamps=1024, defaults_stamps=1024, matmul_size=512,
-                batches=[64, 256], host_stamps=512, data_stamps=2048, blocks=[256, 1024],
-                readers=2, threads=[1, 2], e2e_batch=256, part_stamps=1024, check_stamps=256,
-                repeats=2)
+    big = dict(
+        stamps=1_000_000,
+        shard_stamps=16384,
+        defaults_stamps=262144,
+        matmul_size=8192,
+        batches=[1024, 4096, 16384],
+        host_stamps=65536,
+        data_stamps=262144,
+        blocks=[2048, 8192, 32768],
+        readers=8,
+        threads=[2, 4, 8],
+        e2e_batch=4096,
+        part_stamps=32768,
+        check_stamps=4096,
+        repeats=3,
+    )
+    tiny = dict(
+        stamps=2048,
+        shard_stamps=1024,
+        defaults_stamps=1024,
+        matmul_size=512,
+        batches=[64, 256],
+        host_stamps=512,
+        data_stamps=2048,
+        blocks=[256, 1024],
+        readers=2,
+        threads=[1, 2],
+        e2e_batch=256,
+        part_stamps=1024,
+        check_stamps=256,
+        repeats=2,
+    )
     for k, v in (tiny if quick else big).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -615,8 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
     )
     if quick:
-        rep.add("**Quick check on the CPU (no GPU here, or --quick): tiny sizes, LocalCluster, "
-                "no NVML. These numbers measure nothing; they show the script runs.**", "")
+        rep.add(
+            "**Quick check on the CPU (no GPU here, or --quick): tiny sizes, LocalCluster, "
+            "no NVML. These numbers measure nothing; they show the script runs.**",
+            "",
+        )
 
     log("simulating stamps")
     u8, labels = simulated_u8(min(a.stamps, 500 if quick else 5000))
@@ -624,10 +719,14 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 1. matmul
     log("table 1: matmul")
     mm = matmul_rates(a.matmul_size, a.repeats, min_s)
-    rep.add(f"## 1. Matrix rate of the card ({a.matmul_size}x{a.matmul_size} `jax.numpy` "
-            f"product, 2n^3 FLOP, best of {a.repeats})", "",
-            "float32 at XLA's default precision may run on TF32 tensor cores (as the model's "
-            "float32 convolutions do); 'highest' is true float32.", "")
+    rep.add(
+        f"## 1. Matrix rate of the card ({a.matmul_size}x{a.matmul_size} `jax.numpy` "
+        f"product, 2n^3 FLOP, best of {a.repeats})",
+        "",
+        "float32 at XLA's default precision may run on TF32 tensor cores (as the model's "
+        "float32 convolutions do); 'highest' is true float32.",
+        "",
+    )
     rep.table(["dtype", "TFLOP/s"], [[k, _tf(v)] for k, v in mm.items()], "lr")
 
     # ---- 2. compiled call on device arrays
@@ -638,8 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     compiled: dict[tuple[bool, int], float] = {}
     rows = []
     log("table 2: compiled call on device arrays")
-    preds = {mp: Predictor.from_model(raw_model, card, batch_size=a.e2e_batch, mixed_precision=mp)
-             for mp in (False, True)}
+    preds = {
+        mp: Predictor.from_model(raw_model, card, batch_size=a.e2e_batch, mixed_precision=mp)
+        for mp in (False, True)
+    }
     calls = {}
     for mp in (False, True):
         call = calls[mp] = device_call(preds[mp].model)
@@ -649,20 +750,43 @@ def main(argv: list[str] | None = None) -> int:
             compiled[(mp, bs)] = best
             tflops = best * flops / 1e12
             ref = mm[refs[mp]]
-            rows.append(["bf16 (mixed)" if mp else "fp32", bs, f"{best:,.0f}", f"{med:,.0f}",
-                         f"{1e3 * bs / best:.2f}", _tf(tflops),
-                         f"{100 * tflops / ref:.1f}% of {refs[mp]}"])
+            rows.append(
+                [
+                    "bf16 (mixed)" if mp else "fp32",
+                    bs,
+                    f"{best:,.0f}",
+                    f"{med:,.0f}",
+                    f"{1e3 * bs / best:.2f}",
+                    _tf(tflops),
+                    f"{100 * tflops / ref:.1f}% of {refs[mp]}",
+                ]
+            )
             log(f"compiled {'bf16' if mp else 'fp32'} batch {bs}: {best:,.0f} stamps/s")
             del xd
-    rep.add("## 2. Compiled model call on uint8 stamps already on the device", "",
-            f"Model {card.name}-{card.version} ({model_path.name}), "
-            f"`count_flops` = {flops / 1e6:.1f} MFLOP a stamp (convolutions and dense layers; a "
-            "multiply-add counts as 2 FLOP, as the matrix rate does; normalisation, bias, "
-            "activations and pooling not counted). The Predictor's `jax.jit` of "
-            "`model.stateless_call` (BatchNorm folded), timed back to back, waiting on the last "
-            f"result only; best (median) of {a.repeats}.", "")
-    rep.table(["precision", "batch", "stamps/s (best)", "stamps/s (median)", "ms a batch",
-               "TFLOP/s", "of the matrix rate"], rows, "lrrrrrl")
+    rep.add(
+        "## 2. Compiled model call on uint8 stamps already on the device",
+        "",
+        f"Model {card.name}-{card.version} ({model_path.name}), "
+        f"`count_flops` = {flops / 1e6:.1f} MFLOP a stamp (convolutions and dense layers; a "
+        "multiply-add counts as 2 FLOP, as the matrix rate does; normalisation, bias, "
+        "activations and pooling not counted). The Predictor's `jax.jit` of "
+        "`model.stateless_call` (BatchNorm folded), timed back to back, waiting on the last "
+        f"result only; best (median) of {a.repeats}.",
+        "",
+    )
+    rep.table(
+        [
+            "precision",
+            "batch",
+            "stamps/s (best)",
+            "stamps/s (median)",
+            "ms a batch",
+            "TFLOP/s",
+            "of the matrix rate",
+        ],
+        rows,
+        "lrrrrrl",
+    )
 
     # ---- 3. Predictor.predict on host arrays
     log("table 3: Predictor.predict on host numpy arrays")
@@ -673,24 +797,52 @@ def main(argv: list[str] | None = None) -> int:
             n = max(a.host_stamps, bs) // bs * bs
             xh = tiled(u8, 0, n)
             best, med = measure(lambda p=pred, x=xh: p.predict(x), n, a.repeats, min_s)
-            piped, _ = measure(lambda c=calls[mp], x=xh, bs=bs: pipelined(c, x, bs), n,
-                               a.repeats, min_s)
+            piped, _ = measure(
+                lambda c=calls[mp], x=xh, bs=bs: pipelined(c, x, bs), n, a.repeats, min_s
+            )
             comp = compiled[(mp, bs)]
-            rows.append(["bf16 (mixed)" if mp else "fp32", bs, n, f"{best:,.0f}", f"{med:,.0f}",
-                         f"{best / comp:.2f}", f"{piped:,.0f}", f"{piped / comp:.2f}"])
-            log(f"predict {'bf16' if mp else 'fp32'} batch {bs}: {best:,.0f} stamps/s "
-                f"(bare {piped:,.0f})")
+            rows.append(
+                [
+                    "bf16 (mixed)" if mp else "fp32",
+                    bs,
+                    n,
+                    f"{best:,.0f}",
+                    f"{med:,.0f}",
+                    f"{best / comp:.2f}",
+                    f"{piped:,.0f}",
+                    f"{piped / comp:.2f}",
+                ]
+            )
+            log(
+                f"predict {'bf16' if mp else 'fp32'} batch {bs}: {best:,.0f} stamps/s "
+                f"(bare {piped:,.0f})"
+            )
             del pred, xh
-    rep.add("## 3. `Predictor.predict` on host numpy arrays (what a scoring task calls)", "",
-            "uint8 stamps in host memory. `Predictor.predict` checks them, cuts them into "
-            "batches (copied contiguous), dispatches every batch to the compiled call (JAX "
-            "copies each to the device and runs it asynchronously) and then reads every result "
-            "back. 'Bare': the same compiled call on the same host batches, all dispatched, "
-            "then read back, without predict's checks and copies: the overhead of predict "
-            "itself is the gap between the two.", "")
-    rep.table(["precision", "batch", "stamps a call", "predict stamps/s (best)",
-               "predict (median)", "ratio to table 2", "bare stamps/s", "ratio to table 2"],
-              rows, "lrrrrrrr")
+    rep.add(
+        "## 3. `Predictor.predict` on host numpy arrays (what a scoring task calls)",
+        "",
+        "uint8 stamps in host memory. `Predictor.predict` checks them, cuts them into "
+        "batches (copied contiguous), dispatches every batch to the compiled call (JAX "
+        "copies each to the device and runs it asynchronously) and then reads every result "
+        "back. 'Bare': the same compiled call on the same host batches, all dispatched, "
+        "then read back, without predict's checks and copies: the overhead of predict "
+        "itself is the gap between the two.",
+        "",
+    )
+    rep.table(
+        [
+            "precision",
+            "batch",
+            "stamps a call",
+            "predict stamps/s (best)",
+            "predict (median)",
+            "ratio to table 2",
+            "bare stamps/s",
+            "ratio to table 2",
+        ],
+        rows,
+        "lrrrrrrr",
+    )
 
     # ---- the store, made once (tables 4 to 6; after 1 to 3, which do without it)
     a.workdir.mkdir(parents=True, exist_ok=True)
@@ -698,17 +850,29 @@ def main(argv: list[str] | None = None) -> int:
     log(f"writing the night: {a.stamps} stamps, shard {a.shard_stamps}")
     night, how = make_night(store, NIGHT, a.stamps, u8, labels, a.shard_stamps, 256, a.writers)
     rep.add("## The store (for tables 4 to 6)", "")
-    rep.add(f"Night {SEASON}/{NIGHT}, {a.stamps:,} uint8 stamps tiling {len(u8):,} "
-            f"simulated ones, shards of {a.shard_stamps:,} stamps, inner chunks of 256, zstd "
-            f"level 1 (the project's store code): {how}.")
+    rep.add(
+        f"Night {SEASON}/{NIGHT}, {a.stamps:,} uint8 stamps tiling {len(u8):,} "
+        f"simulated ones, shards of {a.shard_stamps:,} stamps, inner chunks of 256, zstd "
+        f"level 1 (the project's store code): {how}."
+    )
     if a.defaults_stamps:
         from s2v_batch.store import DEFAULT_CHUNK_STAMPS, DEFAULT_SHARD_STAMPS
 
-        _, how2 = make_night(store, NIGHT_DEFAULTS, a.defaults_stamps, u8, labels,
-                             DEFAULT_SHARD_STAMPS, DEFAULT_CHUNK_STAMPS, a.writers)
-        rep.add(f"Night {SEASON}/{NIGHT_DEFAULTS} for the shipped-defaults run: "
-                f"{a.defaults_stamps:,} stamps in the ingest's default shards "
-                f"({DEFAULT_SHARD_STAMPS} stamps, chunks of {DEFAULT_CHUNK_STAMPS}): {how2}.")
+        _, how2 = make_night(
+            store,
+            NIGHT_DEFAULTS,
+            a.defaults_stamps,
+            u8,
+            labels,
+            DEFAULT_SHARD_STAMPS,
+            DEFAULT_CHUNK_STAMPS,
+            a.writers,
+        )
+        rep.add(
+            f"Night {SEASON}/{NIGHT_DEFAULTS} for the shipped-defaults run: "
+            f"{a.defaults_stamps:,} stamps in the ingest's default shards "
+            f"({DEFAULT_SHARD_STAMPS} stamps, chunks of {DEFAULT_CHUNK_STAMPS}): {how2}."
+        )
     rep.add("")
 
     # ---- 4. data path
@@ -722,14 +886,27 @@ def main(argv: list[str] | None = None) -> int:
             mib = r_read * u8[0].nbytes / 2**20
             rows.append([readers, block, f"{r_read:,.0f}", f"{mib:,.0f}", f"{r_put:,.0f}"])
             log(f"data path {readers} reader(s), block {block}: {r_read:,.0f} / {r_put:,.0f}")
-    rep.add("## 4. Data path alone: Zarr read + zstd decode, then copy to the device", "",
-            f"The first {n_read:,} stamps of the large night, split evenly among the readers "
-            "(threads of one process); each reader iterates `prefetched_blocks` over its range "
-            "(the next block decoded in a background thread, as a scoring task does). The shard "
-            "files were just written, so they come from the page cache: this is decode, not "
-            "disk. Raw MiB/s counts decoded bytes (7,803 a stamp).", "")
-    rep.table(["readers", "block (stamps)", "read + decode stamps/s", "raw MiB/s",
-               "+ device_put stamps/s"], rows, "rrrrr")
+    rep.add(
+        "## 4. Data path alone: Zarr read + zstd decode, then copy to the device",
+        "",
+        f"The first {n_read:,} stamps of the large night, split evenly among the readers "
+        "(threads of one process); each reader iterates `prefetched_blocks` over its range "
+        "(the next block decoded in a background thread, as a scoring task does). The shard "
+        "files were just written, so they come from the page cache: this is decode, not "
+        "disk. Raw MiB/s counts decoded bytes (7,803 a stamp).",
+        "",
+    )
+    rep.table(
+        [
+            "readers",
+            "block (stamps)",
+            "read + decode stamps/s",
+            "raw MiB/s",
+            "+ device_put stamps/s",
+        ],
+        rows,
+        "rrrrr",
+    )
 
     # ---- 5. end to end
     log("table 5: end to end")
@@ -742,8 +919,14 @@ def main(argv: list[str] | None = None) -> int:
     shipped = ScoreConfig()
     yaml_threads = int(load_spec(None if quick else "cuda").options.get("threads_per_worker", 1))
     if a.defaults_stamps:
-        d = E2E(f"shipped defaults (ScoreConfig(), {'local' if quick else 'cuda'}.yaml as is)",
-                yaml_threads, shipped.batch_size, shipped.part_stamps, False, NIGHT_DEFAULTS)
+        d = E2E(
+            f"shipped defaults (ScoreConfig(), {'local' if quick else 'cuda'}.yaml as is)",
+            yaml_threads,
+            shipped.batch_size,
+            shipped.part_stamps,
+            False,
+            NIGHT_DEFAULTS,
+        )
         for g in runs_by_t:
             if g[0].threads == yaml_threads:
                 g.append(d)
@@ -762,8 +945,16 @@ def main(argv: list[str] | None = None) -> int:
             log(f"skipping e2e threads={group[0].threads}: time budget spent")
             return
         try:
-            run_group(group, quick, store, a.workdir, model_path, a.check_stamps, sampler_on,
-                      fallback=bool(state["fallback"]))
+            run_group(
+                group,
+                quick,
+                store,
+                a.workdir,
+                model_path,
+                a.check_stamps,
+                sampler_on,
+                fallback=bool(state["fallback"]),
+            )
         except Exception as exc:  # report it in the table, keep going to the next setting
             started = any(not math.isnan(r.start_warm) for r in group)
             if not quick and not state["fallback"] and not started:
@@ -790,47 +981,96 @@ def main(argv: list[str] | None = None) -> int:
         comp = compiled.get((r.mixed, r.batch))
         ratio = f"{r.rate / comp:.2f}" if comp and r.n else "-"
         if r.skipped:
-            rows.append([r.label, r.threads, r.batch, r.part, "-", "-", "-", "-", "-", "-",
-                         r.skipped])
+            rows.append(
+                [r.label, r.threads, r.batch, r.part, "-", "-", "-", "-", "-", "-", r.skipped]
+            )
             continue
-        rows.append([r.label, r.threads, r.batch, r.part, f"{r.n:,}", f"{r.seconds:.1f}",
-                     f"**{r.rate:,.0f}**", ratio, r.busy, r.mem, f"{r.start_warm:.1f}"])
-    kind = "LocalCluster (default local spec, 1 worker)" if quick else (
-        "dask_cuda.LocalCUDACluster from cluster/cuda.yaml (one worker per GPU)")
+        rows.append(
+            [
+                r.label,
+                r.threads,
+                r.batch,
+                r.part,
+                f"{r.n:,}",
+                f"{r.seconds:.1f}",
+                f"**{r.rate:,.0f}**",
+                ratio,
+                r.busy,
+                r.mem,
+                f"{r.start_warm:.1f}",
+            ]
+        )
+    kind = (
+        "LocalCluster (default local spec, 1 worker)"
+        if quick
+        else ("dask_cuda.LocalCUDACluster from cluster/cuda.yaml (one worker per GPU)")
+    )
     if state["fallback"]:
-        kind = (f"**The LocalCUDACluster did not start ({state['fallback']}): these runs used "
-                "a LocalCluster of one worker with cuda.yaml's environment (JAX on the GPU)**")
-    rep.add("## 5. End to end: `s2v score` (Zarr -> Parquet) on the project's cluster spec", "",
-            f"{kind}, `threads_per_worker` overridden; `scoring.score()` timed from the call to "
-            "the published night (graph, tasks, Parquet parts, atomic publish); the model is "
-            "loaded and both compiled shapes traced on every worker before the clock starts "
-            "('start + warm-up': cluster start and that warm-up, or the warm-up alone for a "
-            "second run on the same cluster). GPU busy: NVML utilisation (share of time a "
-            "kernel ran), mean of samples every 0.1 s during the run (count in brackets); GPU "
-            "MiB: peak memory used on the card, every process. Ratio: to the compiled call on "
-            "device arrays at the same batch and precision (table 2).", "")
-    rep.table(["run", "threads/worker", "batch", "part_stamps", "stamps", "s", "stamps/s",
-               "ratio to compiled call", "GPU busy", "peak GPU MiB", "start + warm-up s"],
-              rows, "lrrrrrrrrrr")
+        kind = (
+            f"**The LocalCUDACluster did not start ({state['fallback']}): these runs used "
+            "a LocalCluster of one worker with cuda.yaml's environment (JAX on the GPU)**"
+        )
+    rep.add(
+        "## 5. End to end: `s2v score` (Zarr -> Parquet) on the project's cluster spec",
+        "",
+        f"{kind}, `threads_per_worker` overridden; `scoring.score()` timed from the call to "
+        "the published night (graph, tasks, Parquet parts, atomic publish); the model is "
+        "loaded and both compiled shapes traced on every worker before the clock starts "
+        "('start + warm-up': cluster start and that warm-up, or the warm-up alone for a "
+        "second run on the same cluster). GPU busy: NVML utilisation (share of time a "
+        "kernel ran), mean of samples every 0.1 s during the run (count in brackets); GPU "
+        "MiB: peak memory used on the card, every process. Ratio: to the compiled call on "
+        "device arrays at the same batch and precision (table 2).",
+        "",
+    )
+    rep.table(
+        [
+            "run",
+            "threads/worker",
+            "batch",
+            "part_stamps",
+            "stamps",
+            "s",
+            "stamps/s",
+            "ratio to compiled call",
+            "GPU busy",
+            "peak GPU MiB",
+            "start + warm-up s",
+        ],
+        rows,
+        "lrrrrrrrrrr",
+    )
     best = max((r for r in done if r.n and r.night == NIGHT), key=lambda r: r.rate, default=None)
     cli = f"KERAS_BACKEND=jax python3 -m s2v_batch.cli score {store} --out {a.workdir / 'scores'}"
     lines = ["```bash"]
     if a.defaults_stamps:
-        lines += ["# the shipped defaults (ScoreConfig(), cluster spec as is):",
-                  f"{cli} --night {NIGHT_DEFAULTS} --cluster {'local' if quick else 'cuda'}"]
+        lines += [
+            "# the shipped defaults (ScoreConfig(), cluster spec as is):",
+            f"{cli} --night {NIGHT_DEFAULTS} --cluster {'local' if quick else 'cuda'}",
+        ]
     if best is not None:
-        lines += [f"# the fastest run above ({best.rate:,.0f} stamps/s); threads per worker come "
-                  "from the cluster spec"]
+        lines += [
+            f"# the fastest run above ({best.rate:,.0f} stamps/s); threads per worker come "
+            "from the cluster spec"
+        ]
         cluster = "local" if quick else "cuda"
         if best.threads != yaml_threads or quick:
             cl = spec_yaml(a.workdir / f"cluster-t{best.threads}.yaml", quick, best.threads)
             lines += [f"cat > {cl} <<'EOF'", cl.read_text().rstrip(), "EOF"]
             cluster = str(cl)
-        lines.append(f"{cli} --night {NIGHT} --model {model_path} --batch-size {best.batch} "
-                     f"--part-stamps {best.part}{' --mixed-precision' if best.mixed else ''} "
-                     f"--cluster {cluster}")
-    rep.add("The same runs as `s2v score` commands (`python3 -m s2v_batch.cli` where the package "
-            "is not installed):", "", *lines, "```", "")
+        lines.append(
+            f"{cli} --night {NIGHT} --model {model_path} --batch-size {best.batch} "
+            f"--part-stamps {best.part}{' --mixed-precision' if best.mixed else ''} "
+            f"--cluster {cluster}"
+        )
+    rep.add(
+        "The same runs as `s2v score` commands (`python3 -m s2v_batch.cli` where the package "
+        "is not installed):",
+        "",
+        *lines,
+        "```",
+        "",
+    )
 
     # ---- 6. correctness
     log("table 6: correctness")
@@ -840,8 +1080,9 @@ def main(argv: list[str] | None = None) -> int:
 
     xk = zarr.open_group(night, mode="r")["stamps"][:k]
     ref32 = Predictor.from_model(raw_model, card, batch_size=a.e2e_batch).predict(xk)
-    ref16 = Predictor.from_model(raw_model, card, batch_size=a.e2e_batch,
-                                 mixed_precision=True).predict(xk)
+    ref16 = Predictor.from_model(
+        raw_model, card, batch_size=a.e2e_batch, mixed_precision=True
+    ).predict(xk)
     thr = card.threshold
 
     def row(name: str, got: np.ndarray | None, ref: np.ndarray | None, note: str = "") -> None:
@@ -851,8 +1092,16 @@ def main(argv: list[str] | None = None) -> int:
         d = np.abs(got.astype(np.float64) - ref)
         flips = int(((got >= thr) != (ref >= thr)).sum())
         nan = int(np.isnan(got).sum() + np.isnan(ref).sum())
-        rows.append([name, k, f"{np.nanmax(d):.2e}", f"{np.nanmean(d):.2e}", flips,
-                     "; ".join(x for x in (f"{nan} NaN", note) if x)])
+        rows.append(
+            [
+                name,
+                k,
+                f"{np.nanmax(d):.2e}",
+                f"{np.nanmean(d):.2e}",
+                flips,
+                "; ".join(x for x in (f"{nan} NaN", note) if x),
+            ]
+        )
 
     e32 = next((r.scores for r in done if r.label == "threads sweep" and r.n), None)
     e16 = next((r.scores for r in done if r.mixed and r.n), None)
@@ -861,23 +1110,43 @@ def main(argv: list[str] | None = None) -> int:
     row("e2e bf16 vs e2e fp32", e16, e32 if e32 is not None else ref32)
     row("Predictor.predict bf16 vs fp32 (this process)", ref16, ref32)
     log("table 6: fp32 references in fresh processes")
-    cpu, t_cpu = reference_scores(model_path, night, k, a.e2e_batch, a.workdir / "ref-cpu.npy",
-                                  {"JAX_PLATFORMS": "cpu"})
-    hi, t_hi = reference_scores(model_path, night, k, a.e2e_batch, a.workdir / "ref-hi.npy",
-                                {"JAX_DEFAULT_MATMUL_PRECISION": "highest"})
-    row("e2e fp32 vs Predictor.predict fp32 on the CPU (JAX_PLATFORMS=cpu process)",
-        e32, cpu, t_cpu)
-    row("Predictor.predict fp32, precision 'highest' (JAX_DEFAULT_MATMUL_PRECISION process) "
-        "vs on the CPU", hi, cpu, t_hi)
+    cpu, t_cpu = reference_scores(
+        model_path, night, k, a.e2e_batch, a.workdir / "ref-cpu.npy", {"JAX_PLATFORMS": "cpu"}
+    )
+    hi, t_hi = reference_scores(
+        model_path,
+        night,
+        k,
+        a.e2e_batch,
+        a.workdir / "ref-hi.npy",
+        {"JAX_DEFAULT_MATMUL_PRECISION": "highest"},
+    )
+    row(
+        "e2e fp32 vs Predictor.predict fp32 on the CPU (JAX_PLATFORMS=cpu process)", e32, cpu, t_cpu
+    )
+    row(
+        "Predictor.predict fp32, precision 'highest' (JAX_DEFAULT_MATMUL_PRECISION process) "
+        "vs on the CPU",
+        hi,
+        cpu,
+        t_hi,
+    )
     row("Predictor.predict fp32 default precision vs 'highest'", ref32, hi)
-    rep.add("## 6. Correctness", "", f"The first {k:,} stamps of the large night; candidate "
-            f"flips: stamps on different sides of the card's threshold {thr:.4f}. The CPU and "
-            "'highest' references run in fresh processes (JAX picks its platform and default "
-            "precision at start-up): they show whether XLA's default float32 precision on the "
-            "GPU (TF32) moves the scores, e.g. beyond tests/test_gpu.py's tolerances (1e-2 fp32, 5e-2 bf16).",
-            "")
-    rep.table(["comparison", "stamps", "max abs diff", "mean abs diff", "candidate flips",
-               "notes"], rows, "lrrrrl")
+    rep.add(
+        "## 6. Correctness",
+        "",
+        f"The first {k:,} stamps of the large night; candidate "
+        f"flips: stamps on different sides of the card's threshold {thr:.4f}. The CPU and "
+        "'highest' references run in fresh processes (JAX picks its platform and default "
+        "precision at start-up): they show whether XLA's default float32 precision on the "
+        "GPU (TF32) moves the scores, e.g. beyond tests/test_gpu.py's tolerances (1e-2 fp32, 5e-2 bf16).",
+        "",
+    )
+    rep.table(
+        ["comparison", "stamps", "max abs diff", "mean abs diff", "candidate flips", "notes"],
+        rows,
+        "lrrrrl",
+    )
     log(f"done in {time.perf_counter() - T_START:.0f} s")
     failed = [r for r in done if r.skipped.startswith("failed")]
     return 1 if failed else 0

@@ -34,24 +34,45 @@ def test_cuda_cluster_scores_like_the_cpu(tmp_path, make_test_model):
 
     model = make_test_model("gpu-test", "1", 0)
     batch = simulate_stamps(3000, np.random.default_rng(0))
-    zstore.write_night(zstore.night_path(tmp_path / "store", "Y1", 20130901), np.nan_to_num(batch.pixels),
-                       np.arange(3000), batch.labels, season="Y1", night=20130901, shard_stamps=1024)
+    zstore.write_night(
+        zstore.night_path(tmp_path / "store", "Y1", 20130901),
+        np.nan_to_num(batch.pixels),
+        np.arange(3000),
+        batch.labels,
+        season="Y1",
+        night=20130901,
+        shard_stamps=1024,
+    )
     runs = {}
     with open_client(load_spec("cuda")) as client:
         info = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
         assert all(v for v in info.values()), "each worker is pinned to a GPU"
         for mixed in (False, True):
             cfg = ScoreConfig(batch_size=1024, mixed_precision=mixed)
-            score(tmp_path / "store", tmp_path / f"gpu-{mixed}", client, model_path=model, config=cfg,
-                  progress=False)
+            score(
+                tmp_path / "store",
+                tmp_path / f"gpu-{mixed}",
+                client,
+                model_path=model,
+                config=cfg,
+                progress=False,
+            )
             runs[mixed] = pd.read_parquet(tmp_path / f"gpu-{mixed}").sort_values("stamp_id")
     local = load_spec(None)
-    local = dataclasses.replace(local, options={**local.options, "n_workers": 2, "threads_per_worker": 2})
+    local = dataclasses.replace(
+        local, options={**local.options, "n_workers": 2, "threads_per_worker": 2}
+    )
     with open_client(local) as client:
         devices = client.run(lambda: __import__("os").environ.get("JAX_PLATFORMS"))
         assert set(devices.values()) == {"cpu"}, "the reference runs on the CPU"
-        score(tmp_path / "store", tmp_path / "cpu", client, model_path=model,
-              config=ScoreConfig(batch_size=1024), progress=False)
+        score(
+            tmp_path / "store",
+            tmp_path / "cpu",
+            client,
+            model_path=model,
+            config=ScoreConfig(batch_size=1024),
+            progress=False,
+        )
     c = pd.read_parquet(tmp_path / "cpu").sort_values("stamp_id")
     for mixed, g in runs.items():
         np.testing.assert_array_equal(g.stamp_id.to_numpy(), c.stamp_id.to_numpy())
