@@ -97,6 +97,7 @@ def backfill_flow(
     if not plan.nights:
         what = ", ".join(g.reason for g in plan.missing) or "no stamps at all"
         raise BackfillError(f"nothing to backfill under {inputs.raw}: {what}")
+    inputs = pipeline.for_plan(inputs, plan)  # the survey's shipped model unless one is named
     logger.info(
         f"backfill: {len(plan.todo)} night(s) to run, {len(plan.complete)} already complete "
         f"for {inputs.model_version} (sha256 {inputs.card.sha256[:12]})"

@@ -169,6 +169,7 @@ def nightly_flow(
         # A completed run whose state says why nothing was done (the server shows the message).
         return Completed(message=plan.missing[0].reason, data=summary)
     (n,) = plan.nights
+    inputs = pipeline.for_plan(inputs, plan)  # the survey's shipped model unless one is named
     logger.info(pipeline.describe(inputs, n))
     with open_client(cluster) as client:
         ing = ingest_night(inputs, client, plan, n, progress)
