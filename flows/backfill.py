@@ -65,7 +65,8 @@ def backfill_flow(
     raw, store, out, reports : str
         Raw root, Zarr store root, Parquet scores root, reports folder.
     model : str, optional
-        Model artifact; default: the shipped demo model. A new model rescores every night.
+        Model artifact; default: the shipped model of the nights' survey (DES: the demo model).
+        A new model rescores every night.
     cluster : str, optional
         Dask cluster spec (e.g. ``slurm``) or a running scheduler's address; default: a
         LocalCluster on 127.0.0.1. Opened once for the whole backfill.
