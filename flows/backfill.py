@@ -65,7 +65,8 @@ def backfill_flow(
     raw, store, out, reports : str
         Raw root, Zarr store root, Parquet scores root, reports folder.
     model : str, optional
-        Model artifact; default: the shipped demo model. A new model rescores every night.
+        Model artifact; default: the shipped model of the nights' survey (DES: the demo model).
+        A new model rescores every night.
     cluster : str, optional
         Dask cluster spec (e.g. ``slurm``) or a running scheduler's address; default: a
         LocalCluster on 127.0.0.1. Opened once for the whole backfill.
@@ -97,6 +98,7 @@ def backfill_flow(
     if not plan.nights:
         what = ", ".join(g.reason for g in plan.missing) or "no stamps at all"
         raise BackfillError(f"nothing to backfill under {inputs.raw}: {what}")
+    inputs = pipeline.for_plan(inputs, plan)  # the survey's shipped model unless one is named
     logger.info(
         f"backfill: {len(plan.todo)} night(s) to run, {len(plan.complete)} already complete "
         f"for {inputs.model_version} (sha256 {inputs.card.sha256[:12]})"

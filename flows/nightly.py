@@ -126,7 +126,8 @@ def nightly_flow(
     store, out, reports : str
         Zarr store root, Parquet scores root, reports folder.
     model : str, optional
-        Model artifact (``.keras`` or its ``.json`` card); default: the shipped demo model.
+        Model artifact (``.keras`` or its ``.json`` card); default: the shipped model of the
+        night's survey (DES: the demo model).
     cluster : str, optional
         Dask cluster spec (file, or name of a shipped one; default: a LocalCluster on
         127.0.0.1), or a running scheduler's address (``tcp://...``), used and left running.
@@ -169,6 +170,7 @@ def nightly_flow(
         # A completed run whose state says why nothing was done (the server shows the message).
         return Completed(message=plan.missing[0].reason, data=summary)
     (n,) = plan.nights
+    inputs = pipeline.for_plan(inputs, plan)  # the survey's shipped model unless one is named
     logger.info(pipeline.describe(inputs, n))
     with open_client(cluster) as client:
         ing = ingest_night(inputs, client, plan, n, progress)
@@ -196,7 +198,7 @@ def build_deployment(argv: Sequence[str] | None = None) -> Any:
     )
     for name in ("raw", "store", "out", "reports"):
         p.add_argument(f"--{name}", required=True)
-    p.add_argument("--model", help="model artifact (default: the shipped demo model)")
+    p.add_argument("--model", help="model artifact (default: the shipped model of its survey)")
     p.add_argument("--cluster", help="Dask cluster spec (default: a LocalCluster on 127.0.0.1)")
     p.add_argument("--labels", help="labels CSV (default RAW/autoscan_features.3.csv)")
     p.add_argument("--config", default="configs/nightly.yaml", help="pipeline config YAML")

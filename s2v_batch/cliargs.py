@@ -13,7 +13,7 @@ examples:
   s2v demo                                   # simulate, ingest, score and report two nights
   s2v simulate raw --season Y1 --nights 2 --stamps-per-night 1000 --format tar --seed 1
   s2v ingest raw --store store --labels raw/autoscan_features.3.csv
-  s2v score store --out scores               # the shipped demo model
+  s2v score store --out scores               # the shipped model of the store's survey
   s2v report scores --out reports
   s2v nightly --raw raw --night 20130901 --store store --out scores --reports reports
 
@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score stored stamps into hive-partitioned Parquet")
     s.add_argument("store", help="Zarr store root")
-    s.add_argument("--model", help="model .keras or card .json (default: the shipped demo model)")
+    s.add_argument(
+        "--model",
+        help="model .keras or card .json (default: the shipped model of the store's survey)",
+    )
     s.add_argument("--out", required=True, help="Parquet scores root")
     s.add_argument("--season", type=_season, help="only this season")
     s.add_argument("--night", type=_night, help="only this night")
@@ -292,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--store", required=True, help="Zarr store root")
         s.add_argument("--out", required=True, help="Parquet scores root")
         s.add_argument("--reports", required=True, help="reports folder")
-        s.add_argument("--model", help="model artifact (default: the shipped demo model)")
+        s.add_argument(
+            "--model", help="model artifact (default: the shipped model of the nights' survey)"
+        )
         s.add_argument(
             "--labels", metavar="CSV", help="labels CSV (default RAW/autoscan_features.3.csv)"
         )

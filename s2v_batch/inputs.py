@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .config import PipelineConfig
-from .model.artifact import ModelCard, default_model_path, load_card
+from .model.artifact import ModelCard, default_model_path, load_card, shipped_model_for
 
 #: The autoscan labels CSV looked for at the top of the raw root (DESIGN.md section 4).
 LABELS_CSV = "autoscan_features.3.csv"
@@ -30,6 +30,18 @@ class RunInputs:
     card: ModelCard
     labels: Path | None
     config: PipelineConfig
+    #: False when no model was named: ``model`` is then the shipped DES model, and
+    #: :meth:`for_survey` swaps in the shipped model of another survey's stamps.
+    model_given: bool = True
+
+    def for_survey(self, survey: str) -> RunInputs:
+        """These inputs with the model that scores ``survey``'s stamps: the named model, else
+        the shipped one whose card matches the survey and its configured stamp size
+        (:func:`~s2v_batch.model.artifact.shipped_model_for`, as ``s2v score`` picks)."""
+        if self.model_given:
+            return self
+        path = shipped_model_for(survey, self.config.ingest.size_for(survey))
+        return self if path == self.model else replace(self, model=path, card=load_card(path))
 
     @property
     def threshold(self) -> float:
@@ -69,7 +81,8 @@ def resolve_inputs(
         Raw root (must exist), Zarr store root, Parquet scores root, reports folder (three
         different folders, created when needed).
     model : path, optional
-        Model artifact (``.keras`` or its ``.json`` card); default the shipped demo model.
+        Model artifact (``.keras`` or its ``.json`` card); default the shipped demo model (DES),
+        or another survey's shipped model through :meth:`RunInputs.for_survey`.
     labels : path, optional
         autoscan labels CSV; default ``RAW/autoscan_features.3.csv`` where it exists.
     config : path or PipelineConfig, optional
@@ -109,4 +122,4 @@ def resolve_inputs(
     else:
         cfg = PipelineConfig.from_yaml(config) if config else PipelineConfig()
     return RunInputs(raw_p, paths["store"], paths["scores"], paths["reports"], model_p, card,
-                     labels_p, cfg)  # fmt: skip
+                     labels_p, cfg, model_given=bool(model))  # fmt: skip

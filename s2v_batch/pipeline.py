@@ -5,6 +5,8 @@ pangeo-forge-recipes' transforms are over its functions: each flow task calls on
 
 - :func:`resolve_inputs` checks the paths, reads the config and the model card once.
 - :func:`resolve_night` is the observing-night calendar (a night is named by its evening's date).
+- :func:`for_plan` narrows the inputs to the model of the planned nights' survey (the shipped
+  model whose card matches it, unless a model was named).
 - :func:`plan` walks the raw tree once and says, per night, whether its stored dataset and its
   published scores are current: with the same tests the steps themselves skip with
   (``nightstate.current_night``, ``sink.current_scores``), so there is one skip mechanism, the
@@ -32,9 +34,9 @@ from .scoring import NightScore, score
 
 __all__ = [
     "OBSERVATORY_TZ", "Gap", "InputError", "NightError", "NightOutcome", "NightPlan",
-    "NoDataError", "Plan", "RunInputs", "check_selection", "ingest_night", "last_night", "plan",
-    "plan_night", "process_night", "report_season", "resolve_inputs", "resolve_night",
-    "score_night",
+    "NoDataError", "Plan", "RunInputs", "check_selection", "for_plan", "ingest_night",
+    "last_night", "plan", "plan_night", "process_night", "report_season", "resolve_inputs",
+    "resolve_night", "score_night",
 ]  # fmt: skip
 
 #: Seconds between two looks for a night's data while waiting for it.
@@ -158,14 +160,15 @@ def plan(
         attrs = nightstate.current_night(
             zstore.night_path(inputs.store, season, night), night_fp, cfg.ingest.float_encoding
         )
+        model = inputs.for_survey(survey_of_season(season))
         scored = attrs is not None and (
             sink.current_scores(
                 inputs.scores,
                 season,
                 night,
                 night_fp=nightstate.fingerprint_of(attrs),
-                model_sha256=inputs.card.sha256,
-                threshold=inputs.threshold,
+                model_sha256=model.card.sha256,
+                threshold=model.threshold,
                 n_stamps=int(attrs["n_stamps"]),
             )
             is not None
@@ -182,6 +185,23 @@ def plan(
             )  # fmt: skip
         )
     return Plan(planned, missing, disc, lab)
+
+
+def for_plan(inputs: RunInputs, plan: Plan) -> RunInputs:
+    """The inputs with the model that scores the planned nights (what run summaries state).
+
+    Raises
+    ------
+    InputError
+        No model named and the nights are of several surveys: one run, one survey's model.
+    """
+    surveys = sorted({survey_of_season(n.season) for n in plan.nights})
+    if len(surveys) > 1 and not inputs.model_given:
+        raise InputError(
+            f"the selected nights are of several surveys ({', '.join(surveys)}) and no model was "
+            "named: run one survey at a time (select it with --season) or give --model"
+        )
+    return inputs.for_survey(surveys[0]) if surveys else inputs
 
 
 def plan_night(
@@ -234,6 +254,7 @@ def plan_night(
 
 def describe(inputs: RunInputs, night: NightPlan) -> str:
     """One line saying what a run is about to do for a night."""
+    inputs = inputs.for_survey(survey_of_season(night.season))
     return (
         f"night {night.season}/{night.night}: {night.n_units} unit(s) of raw stamps, "
         f"{'stored' if night.stored else 'to ingest'}, {'scored' if night.scored else 'to score'}; "
@@ -277,7 +298,7 @@ def score_night(
         inputs.store,
         inputs.scores,
         client,
-        model_path=inputs.model,
+        model_path=inputs.for_survey(survey_of_season(night.season)).model,
         season=night.season,
         night=night.night,
         config=inputs.config.score,
@@ -347,7 +368,7 @@ def report_season(inputs: RunInputs, season: str) -> dict[str, Any]:
         inputs.scores,
         inputs.reports,
         season=season,
-        model_card=inputs.card.to_dict(),
+        model_card=inputs.for_survey(survey_of_season(season)).card.to_dict(),
         skip_unchanged=True,
         store=inputs.store,
         config=inputs.config.report,

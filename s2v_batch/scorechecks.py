@@ -1,4 +1,5 @@
-"""Checks a scoring run makes before it starts: the nights fit the model and the scores root."""
+"""Checks a scoring run makes before it starts: which shipped model fits the nights (when none is
+named), and whether the nights fit the model and the scores root."""
 
 from __future__ import annotations
 
@@ -7,7 +8,33 @@ from typing import Any
 
 from . import sink
 from . import store as zstore
-from .conventions import survey_of_season
+from .conventions import STAMP_SIZE, survey_of_season
+
+
+def model_for_nights(refs: list[zstore.NightRef]) -> Path:
+    """The shipped model for these nights: the one whose card names their survey and stamp size.
+
+    Raises
+    ------
+    ValueError
+        When the nights mix surveys or stamp sizes (one model cannot take them all: select one
+        with ``--season`` or give ``--model``), or no shipped model matches
+        (``ModelArtifactError``).
+    """
+    from .model.artifact import shipped_model_for
+
+    kinds = set()
+    for r in refs:
+        size = zstore.read_attrs(r.path).get("stamp_size")
+        kinds.add((survey_of_season(r.season), int(size) if size is not None else STAMP_SIZE))
+    if len(kinds) > 1:
+        what = ", ".join(f"{s} {n}x{n}" for s, n in sorted(kinds))
+        raise ValueError(
+            f"the selected nights hold stamps of several surveys or sizes ({what}) and no model "
+            "was named: score one survey at a time (select it with --season) or give --model"
+        )
+    ((survey, size),) = kinds
+    return shipped_model_for(survey, size)
 
 
 def nights_problem(

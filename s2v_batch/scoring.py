@@ -26,7 +26,7 @@ from .config import ScoreConfig
 from .conventions import survey_of_season
 from .faults import ensure_free_space
 from .fsutil import exclusive_all
-from .scorechecks import nights_problem
+from .scorechecks import model_for_nights, nights_problem
 from .scoreworker import (  # noqa: F401  (the worker side, re-exported)
     WarmUp,
     get_predictor,
@@ -151,7 +151,8 @@ def score(
     client : distributed.Client
         The Dask client that runs the work.
     model_path : path, optional
-        Model artifact (``.keras`` or card ``.json``); the shipped demo model by default.
+        Model artifact (``.keras`` or card ``.json``); by default the shipped model whose card
+        matches the nights' survey and stamp size (:func:`scorechecks.model_for_nights`).
     season, night : optional
         Restrict to a season and/or a night.
     config : ScoreConfig, optional
@@ -176,16 +177,10 @@ def score(
     StoreBusyError
         Another process kept a night's lock past ``config.lock_wait`` seconds.
     """
-    from .model import default_model_path, load_card
+    from .model import load_card
 
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    # Absolute paths: workers started apart have a working directory of their own.
-    model_path = Path(model_path).expanduser().resolve() if model_path else default_model_path()
-    scores_root = Path(scores_root).expanduser().resolve()
-    card = load_card(model_path)
-    keras_path = model_path.with_suffix(".keras")
-    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
     refs = zstore.list_nights(store_root, season)
     if night is not None:
         refs = [r for r in refs if r.night == int(night)]
@@ -193,6 +188,13 @@ def score(
         what = f"season {season}" if season else "any season"
         what += f", night {night}" if night is not None else ""
         raise ScoringError(f"no stored nights for {what} under {store_root}")
+    # Absolute paths: workers started apart have a working directory of their own. No model
+    # named: the shipped one whose card matches the nights' survey and stamp size.
+    model_path = Path(model_path).expanduser().resolve() if model_path else model_for_nights(refs)
+    scores_root = Path(scores_root).expanduser().resolve()
+    card = load_card(model_path)
+    keras_path = model_path.with_suffix(".keras")
+    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
     problem = nights_problem(refs, scores_root, card, model_path)
     if problem:
         raise ScoringError(problem)

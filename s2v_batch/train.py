@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics
 from .config import TrainConfig
-from .conventions import LABEL_ARTIFACT, LABEL_REAL
+from .conventions import LABEL_ARTIFACT, LABEL_REAL, survey_of_season
 from .model.architectures import ARCHITECTURES, build_model
 from .model.artifact import ModelCard, save_artifact
 from .model.backend import keras
@@ -224,6 +224,12 @@ def train(
             print(f"[train] {msg}", file=sys.stderr, flush=True)
 
     paths = resolve_nights(nights)
+    surveys = sorted({_survey_of_night(p) for p in paths})
+    if len(surveys) > 1:
+        raise TrainingError(
+            f"the nights are of several surveys ({', '.join(surveys)}): a model is trained on "
+            "one survey's stamps (select with --season)"
+        )
     source = LabelledNights(paths)
     n_split = [source.count(s) for s in (TRAIN, VALIDATION, TEST)]
     n_lab = sum(n_split)
@@ -305,6 +311,7 @@ def train(
         test_metrics=test_metrics,
         training_data=_clean(data),
         training_command=command,
+        survey=surveys[0],
     )
     model_path = save_artifact(model, card, out)
     result = TrainResult(
@@ -321,3 +328,11 @@ def train(
     )
     say(result.line())
     return result
+
+
+def _survey_of_night(path: Path) -> str:
+    """The survey of a night dataset ``<season>/<night>.zarr`` (DES where the folder is no season)."""
+    try:
+        return survey_of_season(path.parent.name)
+    except ValueError:
+        return "des"

@@ -42,6 +42,8 @@ _OWNERS: dict[str, str] = {
     "load_artifact": "artifact",
     "load_card": "artifact",
     "save_artifact": "artifact",
+    "shipped_model_for": "artifact",
+    "shipped_models_dir": "artifact",
     "ModelInputError": "inference",
     "Predictor": "inference",
     "fold_batchnorm": "inference",

@@ -29,6 +29,8 @@ REPORT_FILES: dict[str, str] = {
 }
 #: Files a season report writes besides: the night-by-night plot and the index's trend line.
 SEASON_FILES: dict[str, str] = {"nights": "nights.png", "trend": "trend.png"}
+#: The density of s2v's score against the survey's own (ZTF, Rubin scores only).
+AGREEMENT_FILE = "agreement.png"
 SCHEMA_ID = "s2v-batch/report"
 SCHEMA_VERSION = 1
 #: Fields of a model card a report quotes.
@@ -179,6 +181,9 @@ def figures(
     rep["model_card"] = {k: card.get(k) for k in CARD_KEYS if k in card} if card else None
     rep["warnings"] = _warnings(tally, rep, card)
     rep["files"] = dict(REPORT_FILES)
+    if tally.agreement is not None:  # only where the scores carry the survey's own score
+        rep["agreement"] = tally.agreement.as_dict()
+        rep["files"]["agreement"] = AGREEMENT_FILE
     rep["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     rep["s2v_batch_version"] = __version__
     return rep

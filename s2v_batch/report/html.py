@@ -153,6 +153,8 @@ def report_html(rep: Mapping[str, Any]) -> bytes:
             "<p>No labelled stamps: recall, FPR, FDR and the MDR-FPR curve need labels "
             "(1 real, 0 artifact).</p>"
         )
+    if rep.get("agreement"):
+        parts.append(_agreement_section(rep["agreement"], files))
     parts.append("<h2>Score plots</h2>")
     parts.append(_img(files["score_histogram"], "score histogram per class"))
     parts.append(_img(files["mdr_fpr"], "missed detection rate against false positive rate"))
@@ -195,6 +197,39 @@ def _labels_table(rep: Mapping[str, Any]) -> str:
     rows += [(f"FPR at MDR {k}", _fmt(v, rate=True)) for k, v in ops.get("fpr_at_mdr", {}).items()]
     out += "<h3>Standard operating points (autoscan; Ayyar et al. 2022)</h3>" + _table(rows)
     return out + f"<p><small>{_e(rep['roc_auc_method'])}</small></p>"
+
+
+def _agreement_section(ag: Mapping[str, Any], files: Mapping[str, str]) -> str:
+    """The 2x2 table of s2v's candidates against the survey's own score, and its density."""
+    col, cut = _e(ag["survey_score"]), _e(f"{ag['survey_threshold']:g}")
+    cells = {k: ag[k] for k in ("both", "s2v_only", "survey_only", "neither")}
+    head = f"<tr><th></th><th>{col} &ge; {cut}</th><th>{col} &lt; {cut}</th><th>total</th></tr>"
+    rows = [
+        ("s2v candidate", cells["both"], cells["s2v_only"]),
+        ("not an s2v candidate", cells["survey_only"], cells["neither"]),
+        ("total", cells["both"] + cells["survey_only"], cells["s2v_only"] + cells["neither"]),
+    ]
+    body = "".join(
+        f"<tr><th>{_e(name)}</th><td class='n'>{_fmt(a)}</td><td class='n'>{_fmt(b)}</td>"
+        f"<td class='n'>{_fmt(a + b)}</td></tr>"
+        for name, a, b in rows
+    )
+    out = (
+        f"<h2>Agreement with the survey's score ({col})</h2>"
+        f"<p>s2v's candidates (score &ge; threshold) against the survey's own real/bogus score "
+        f"&ge; {cut}, on the {_fmt(ag['n'])} stamps with both scores.</p>"
+        f"<table>{head}{body}</table>"
+    )
+    out += _table(
+        [
+            ("agreement (both or neither)", _fmt(ag["agreement"], rate=True)),
+            ("Cohen's kappa", _fmt(ag["kappa"], rate=True)),
+            (f"stamps without both scores (no {col}, or no s2v score)", _fmt(ag["n_missing"])),
+        ]
+    )
+    if "agreement" in files:
+        out += _img(files["agreement"], f"density of the s2v score against {ag['survey_score']}")
+    return out
 
 
 def _nights_section(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:

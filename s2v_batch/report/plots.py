@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..agreement import Agreement
 from ..histogram import ScoreHistogram
 from ..metrics import STANDARD_FPRS, Confusion
 
@@ -218,3 +219,9 @@ def trend_png(rep: Mapping[str, Any]) -> bytes:
         ax.plot(x[bad], np.nan_to_num(frac[bad]), "o", color="crimson", markersize=2.5)
         ax.set_xlim(-0.5, max(len(rows) - 0.5, 0.5))
     return _png(fig)
+
+
+def agreement_png(agreement: Agreement, threshold: float | None, title: str) -> bytes:
+    """The density of s2v's score against the survey's own (log colour scale), with s2v's
+    threshold (dotted) and the survey's cut (dashed)."""
+    return agreement.png(threshold, title)

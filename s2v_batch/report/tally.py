@@ -4,7 +4,9 @@ The scores tree is sink.py's: :func:`s2v_batch.sink.published_nights` lists each
 part files (staging, manifests and hidden files ignored). Each night is read file by file and batch
 by batch, only the needed columns, so memory stays flat whatever the season size. Counts at the
 stored threshold (TP/FP/TN/FN, candidates) are exact, taken from ``is_candidate``; ROC AUC and the
-operating points come from the :class:`~s2v_batch.metrics.ScoreHistogram`.
+operating points come from the :class:`~s2v_batch.metrics.ScoreHistogram`. Where the scores carry
+the survey's own score (ZTF ``drb``, Rubin ``reliability``), the agreement of s2v's candidates with
+it is tallied too (:class:`~s2v_batch.agreement.Agreement`); DES scores have no such column.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import sink
+from ..agreement import SURVEY_SCORE, Agreement
 from ..conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 from ..histogram import DEFAULT_BINS, ScoreHistogram
 from ..metrics import Confusion, MetricsError
@@ -90,9 +93,16 @@ class Tally:
     #: The rows the galleries may show (None: not collected); needs a ``night``.
     picks: Picks | None = None
     night: int | None = None
+    #: s2v's candidates against the survey's own score (None: the scores have none, as DES's).
+    agreement: Agreement | None = None
 
     def merge(self, other: Tally) -> None:
         self.histogram.merge(other.histogram)
+        if other.agreement is not None:
+            if self.agreement is None:
+                a = other.agreement
+                self.agreement = Agreement(a.column, a.survey_threshold, a.bins)
+            self.agreement.merge(other.agreement)
         if self.picks is not None and other.picks is not None:
             self.picks.merge(other.picks)
         for name in (
@@ -201,6 +211,8 @@ class Tally:
             if col.null_count < len(col):
                 mm = pc.min_max(col)
                 self._time_range(mm["min"].as_py(), mm["max"].as_py())
+        if self.agreement is not None:
+            self.agreement.add_batch(batch)
 
 
 def discover(root: Path, season: str | None = None) -> dict[str, dict[int, list[Path]]]:
@@ -265,8 +277,12 @@ def read_night(
             pf = pq.ParquetFile(path, read_dictionary=strings, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise ReportError(f"cannot read Parquet file {path}: {exc}") from None
+        survey_cols = [c for c in SURVEY_SCORE.values() if c in names]
+        if survey_cols and tally.agreement is None:
+            tally.agreement = Agreement(survey_cols[0])
         with pf:
             extra = ("stamp_id",) if picks is not None else ()
+            extra += tuple(survey_cols[:1])
             cols = [c for c in (*_REQUIRED, *_OPTIONAL, *extra) if c in names]
             try:
                 for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):

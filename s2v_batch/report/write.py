@@ -4,7 +4,8 @@ Layout written::
 
     OUT/index.html
     OUT/<season>/report.json, report.html, score_histogram.png, mdr_fpr.png,
-                 nights.png, trend.png, gallery.png (with a store)
+                 nights.png, trend.png, gallery.png (with a store),
+                 agreement.png (scores with the survey's own score: ZTF, Rubin)
     OUT/<season>/nights/<night>/report.json, report.html, score_histogram.png, mdr_fpr.png,
                                 gallery.png (with a store)
 
@@ -131,6 +132,11 @@ def _write_one(
             tally.histogram, tally.confusion, rep["threshold"], f"MDR vs FPR, {what}{sim}"
         ),
     }
+    if tally.agreement is not None:
+        col = tally.agreement.column
+        pngs["agreement"] = plots.agreement_png(
+            tally.agreement, rep["threshold"], f"s2v against {col}, {what}{sim}"
+        )
     if night_rows is not None:
         night_range, flagged = nights_mod.flag_nights(night_rows, flag_mads)
         rep["night_reports"] = content.clean(night_rows)
