@@ -281,8 +281,11 @@ def test_train_config_repr_rebuilds_it() -> None:
     assert eval(repr(cfg), {"TrainConfig": TrainConfig}) == cfg
 
 
-def test_shipped_card_records_a_valid_train_call() -> None:
-    """The shipped card's training_command is an ``s2v train`` command line (or a Python
+@pytest.mark.parametrize(
+    "card_path", sorted(M.shipped_models_dir().glob("*.json")), ids=lambda p: p.stem
+)
+def test_shipped_card_records_a_valid_train_call(card_path: Path) -> None:
+    """Each shipped card's training_command is an ``s2v train`` command line (or a Python
     ``train(...)`` call) that today's parser (or signature) accepts and that says what the card
     records: architecture, name, version, seed, batch size, learning rate, recall, data."""
     import ast
@@ -291,7 +294,7 @@ def test_shipped_card_records_a_valid_train_call() -> None:
 
     from s2v_batch.cliargs import build_parser
 
-    card = M.load_card(M.default_model_path())
+    card = M.load_card(card_path.with_suffix(".keras"))
     td = card.training_data
     command = card.training_command
     if command.startswith("s2v train "):
