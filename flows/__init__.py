@@ -1,11 +1,6 @@
-"""Thin Prefect 3 flows around the ``s2v_batch`` library.
-
-- :mod:`s2v_flows.nightly`: one night: ingest, score, report (``nightly_flow``).
-- :mod:`s2v_flows.backfill`: every season and night under a raw root, skipping complete nights
-  (``backfill_flow``).
-- :mod:`s2v_flows.demo`: simulate a small season and run the nightly flow on it (``run_demo``).
-
-The library (``s2v_batch``) never imports Prefect; these modules do, and only they.
+"""Thin Prefect 3 flows around the ``s2v_batch`` library: :mod:`s2v_flows.nightly` (one night:
+ingest, score, report), :mod:`s2v_flows.backfill` (every night under a raw root, skipping complete
+ones) and :mod:`s2v_flows.demo`. The library never imports Prefect; these modules do, and only they.
 """
 
 from __future__ import annotations
