@@ -29,7 +29,8 @@ SEASON, NIGHT = "Y1", 20130901
 def simulated_stamps(n: int, dtype: str, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distinct stamps ``(n, 51, 51, 3)`` of ``dtype`` (``uint8``/``float32``) and labels."""
     from s2v_batch.decode import combine_channels
-    from s2v_batch.simulator import _scale_u8, simulate_stamps
+    from s2v_batch.simformats import scale_u8
+    from s2v_batch.simulator import simulate_stamps
 
     rng = np.random.default_rng(seed)
     out, labels = [], []
@@ -37,7 +38,7 @@ def simulated_stamps(n: int, dtype: str, seed: int = 3) -> tuple[np.ndarray, np.
         b = simulate_stamps(min(2048, n - i), rng)
         if dtype == "uint8":
             px = np.stack(
-                [_scale_u8(b.pixels[..., c], ch) for c, ch in enumerate(("srch", "temp", "diff"))],
+                [scale_u8(b.pixels[..., c], ch) for c, ch in enumerate(("srch", "temp", "diff"))],
                 axis=-1,
             )
         else:
