@@ -152,15 +152,19 @@ def plan(
     ]
     lab = read_labels(inputs.labels) if inputs.labels else None
     planned = []
+    models: dict[str, RunInputs] = {}  # one model choice a survey (it reads the shipped cards)
     for season, night in keys:
+        survey = survey_of_season(season)
         raw_fp = disc.raw_fingerprints[(season, night)]
         night_fp = nightstate.night_fingerprint(
-            raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey_of_season(season))
+            raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey)
         )
         attrs = nightstate.current_night(
             zstore.night_path(inputs.store, season, night), night_fp, cfg.ingest.float_encoding
         )
-        model = inputs.for_survey(survey_of_season(season))
+        if survey not in models:
+            models[survey] = inputs.for_survey(survey)
+        model = models[survey]
         scored = attrs is not None and (
             sink.current_scores(
                 inputs.scores,

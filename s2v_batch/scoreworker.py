@@ -93,6 +93,7 @@ class _OpenNight:
     stamp_id: np.ndarray
     label: np.ndarray
     survey: str
+    group: Any  # the open zarr group: an alert night's fields are read from it per task
 
 
 def _open_night(night_path: str) -> _OpenNight:
@@ -110,7 +111,7 @@ def _open_night(night_path: str) -> _OpenNight:
             return night
     group = zarr.open_group(night_path, mode="r")
     survey = str(group.attrs.get("survey", "des"))
-    night = _OpenNight(StampReader(stamps), group["stamp_id"][:], group["label"][:], survey)
+    night = _OpenNight(StampReader(stamps), group["stamp_id"][:], group["label"][:], survey, group)
     with _LOCK:
         _NIGHTS[key] = night
         while len(_NIGHTS) > _NIGHTS_KEPT:
@@ -249,20 +250,11 @@ def score_shard(
             "run_id": _repeat(run_id, n),
             "scored_at": pa.repeat(pa.scalar(ts, pa.timestamp("us", tz="UTC")), n),
             "error": pa.array(reasons, pa.string()),
-            **_alert_columns(night_path, night.survey, start, stop),
+            **alert_score_columns(night.group, night.survey, start, stop),  # none for DES
         }
     )
     sink.write_part(out_part, table, sink.score_schema(night.survey))
     return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
-
-
-def _alert_columns(night_path: str, survey: str, start: int, stop: int) -> dict[str, pa.Array]:
-    """The alert fields kept per stamp of a ZTF/Rubin night, as nullable columns (none for DES)."""
-    if survey == "des":
-        return {}
-    import zarr
-
-    return alert_score_columns(zarr.open_group(night_path, mode="r"), survey, start, stop)
 
 
 def _repeat(value: str, n: int) -> pa.Array:
