@@ -115,7 +115,6 @@ class Watch:
         ]
         for r in readers:
             r.start()
-        root = psutil.Process(proc.pid)
         peak, cpu, next_mem = 0, {}, 0.0
         while proc.poll() is None:
             now = time.perf_counter()
@@ -125,11 +124,7 @@ class Watch:
             if now >= next_mem:
                 next_mem = now + 0.25
                 total = 0
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    procs = []
-                for q in procs:
+                for q in bd.process_tree(proc.pid):
                     try:
                         with q.oneshot():
                             total += q.memory_full_info().pss

@@ -131,6 +131,17 @@ def load_line() -> str:
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
 
 
+def process_tree(pid: int) -> list:
+    """The process ``pid`` and all its descendants (psutil), or none once it has gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 class TreeMemory:
     """Samples the PSS of a process and all its descendants (every ``interval`` s) in a thread.
 
@@ -146,13 +157,8 @@ class TreeMemory:
     def sample(self) -> int:
         import psutil
 
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
         total = 0
-        for p in procs:
+        for p in process_tree(self.pid):
             try:
                 total += p.memory_full_info().pss
             except psutil.Error:

@@ -145,19 +145,16 @@ def stages(night: Path, model: Path, n: int, repeats: int) -> dict[str, tuple[fl
 def tree_cpu(store: Path, out: Path) -> list[tuple[str, float]]:
     import shutil
 
+    import benchdata as bd
     import psutil
     from bench_score import ENV, s2v_command
 
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.Popen([*s2v_command(), "score", str(store), "--out", str(out), "--no-progress"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    root, cpu, role = psutil.Process(proc.pid), {}, {}
+    cpu, role = {}, {}
     while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = []
-        for q in procs:
+        for q in bd.process_tree(proc.pid):
             try:
                 c = q.cpu_times()
                 cpu[q.pid] = c.user + c.system
