@@ -84,8 +84,9 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cluster",
         metavar="SPEC",
-        help="Dask cluster spec: a YAML file, or the name of one in cluster/ (local, cuda, slurm, "
-        "existing); default: a LocalCluster of one worker per core on 127.0.0.1",
+        help="Dask cluster spec: a YAML file, a shipped spec's name (local, cuda, slurm, slurm-cpu, "
+        "existing) or a scheduler's address (tcp://host:8786); default: a LocalCluster of one "
+        "worker per core on 127.0.0.1",
     )
 
 
