@@ -21,10 +21,11 @@ from ..conventions import CHANNELS
 from .architectures import FLOAT32_LAYERS
 from .artifact import ModelCard, default_model_path, load_artifact
 from .backend import keras
+from .layers import StampNormalization
 
 layers = keras.layers
 
-__all__ = ["ModelInputError", "Predictor", "fold_batchnorm"]
+__all__ = ["ModelInputError", "Predictor", "fold_batchnorm", "fuse_normalization"]
 
 
 class ModelInputError(ValueError):
@@ -110,6 +111,57 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     return clone
 
 
+class _FusedStampNormalization(StampNormalization):
+    """:class:`StampNormalization` whose arithmetic TensorFlow compiles into one XLA kernel.
+
+    Without XLA, TensorFlow runs the layer as some forty separate operations, each a pass over
+    the batch (the strided subsample alone, a gather with an inner axis of 3, costs as much as
+    the first convolution): 160-200 us a stamp on one core, 11-14% of the whole CNN. Fused, 33
+    us. Only this layer is compiled: XLA's own convolutions are slower than oneDNN's on the CPU.
+    Same arithmetic; XLA sums in its own order, so outputs differ by float rounding (~3e-6 of
+    a unit). Inference only: never saved.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        fused = self.__dict__.get("_fused")
+        if fused is None:
+            import tensorflow as tf
+
+            fused = tf.function(super().call, jit_compile=True, autograph=False)
+            # Kept out of Keras's attribute tracking, which would try to track a tf.function.
+            self.__dict__["_fused"] = fused
+        return fused(inputs)
+
+
+def fuse_normalization(model: keras.Model) -> keras.Model:
+    """An inference copy of ``model`` whose :class:`StampNormalization` runs as one XLA kernel.
+
+    TensorFlow backend only (under JAX the whole call is already one XLA program); a model
+    without the layer is returned as it is.
+
+    Parameters
+    ----------
+    model : keras.Model
+
+    Returns
+    -------
+    keras.Model
+    """
+    if keras.backend.backend() != "tensorflow" or not any(
+        type(layer) is StampNormalization for layer in model.layers
+    ):
+        return model
+
+    def clone_layer(layer: layers.Layer) -> layers.Layer:
+        if type(layer) is StampNormalization:
+            return _FusedStampNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def _with_policy(model: keras.Model, policy: str) -> keras.Model:
     """Clone ``model`` with ``policy`` on every layer except the float32 ones, same weights."""
 
@@ -155,6 +207,9 @@ class Predictor:
     fold_bn : bool
         Fold each BatchNormalization into the convolution before it (:func:`fold_batchnorm`):
         the same scores to ~1e-6, fewer passes over the activations.
+    fuse_norm : bool
+        On TensorFlow, run the input normalisation as one XLA kernel
+        (:func:`fuse_normalization`): about 10% less CPU a stamp, the same scores to ~1e-6.
 
     Attributes
     ----------
@@ -172,11 +227,12 @@ class Predictor:
         batch_size: int = 512,
         mixed_precision: bool = False,
         fold_bn: bool = True,
+        fuse_norm: bool = True,
     ) -> None:
         _check_batch_size(batch_size)
         self.path: Path | None = Path(path) if path is not None else default_model_path()
         model, card = load_artifact(self.path)
-        self._setup(model, card, batch_size, mixed_precision, fold_bn)
+        self._setup(model, card, batch_size, mixed_precision, fold_bn, fuse_norm)
 
     @classmethod
     def from_model(
@@ -187,6 +243,7 @@ class Predictor:
         batch_size: int = 512,
         mixed_precision: bool = False,
         fold_bn: bool = True,
+        fuse_norm: bool = True,
     ) -> Predictor:
         """A predictor around a model in memory (training, benchmarks); no file is read.
 
@@ -196,7 +253,7 @@ class Predictor:
             Any model of this module (input ``(n, h, w, 3)``, output ``(n, 1)``).
         card : ModelCard, optional
             Describes it; a placeholder card (threshold 0.5, empty sha256) when omitted.
-        batch_size, mixed_precision, fold_bn
+        batch_size, mixed_precision, fold_bn, fuse_norm
             As for the constructor.
 
         Returns
@@ -213,7 +270,7 @@ class Predictor:
                 input_shape=tuple(int(v) for v in model.input_shape[1:]),
             )
         self = cls.__new__(cls)
-        self._setup(model, card, batch_size, mixed_precision, fold_bn)
+        self._setup(model, card, batch_size, mixed_precision, fold_bn, fuse_norm)
         self.path = None
         return self
 
@@ -224,6 +281,7 @@ class Predictor:
         batch_size: int,
         mixed_precision: bool,
         fold_bn: bool,
+        fuse_norm: bool,
     ) -> None:
         _check_batch_size(batch_size)
         self.model, self.card = model, card
@@ -235,6 +293,8 @@ class Predictor:
         self.backend = keras.backend.backend()
         if fold_bn:
             self.model = fold_batchnorm(self.model)
+        if fuse_norm:
+            self.model = fuse_normalization(self.model)
         if self.mixed_precision:
             self.model = _with_policy(self.model, "mixed_bfloat16")
         self._compiled: dict[tuple[str, int], Callable[[np.ndarray], Any]] = {}
