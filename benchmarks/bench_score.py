@@ -13,7 +13,9 @@ libraries count once) and its CPU seconds summed over the tree:
 - ``model.predict`` (Keras) on the whole night read into one array (``xarray``);
 - the ceiling: :class:`s2v_batch.model.Predictor` on stamps already in memory (one process,
   TensorFlow's default threads; and ``ceiling 2x1``: two threads calling it at once with one
-  intra-op thread each, the layout of s2v's worker), best of 3 over up to 20,000 stamps.
+  intra-op thread each, the layout of s2v's worker), best of 3 over up to 20,000 stamps; and
+  ``ceiling, model as saved``: the same call without the Predictor's rewrites (BatchNorm
+  folding, the fused normalisation), the plain loop's own ceiling.
 
 The VM's speed drifts between minutes, so the plain loop runs next to each ``s2v score`` run in
 ABBA order (plain, s2v, s2v, plain) and each s2v run is compared with its neighbour. Nights are
@@ -69,8 +71,14 @@ def peer_predict(night: str, model: str) -> dict:
     return {"n": len(x), "rate": len(x) / (time.perf_counter() - t0)}
 
 
-def peer_ceiling(night: str, model: str, threads: int, limit: int = 20000) -> dict:
-    """The compiled call on stamps in memory, best of 3 (``threads`` callers at once)."""
+def peer_ceiling(
+    night: str, model: str, threads: int, limit: int = 20000, as_saved: bool = False
+) -> dict:
+    """The compiled call on stamps in memory, best of 3 (``threads`` callers at once).
+
+    :class:`~s2v_batch.model.Predictor` (BatchNorm folded, normalisation fused), or with
+    ``as_saved`` the model as saved, the plain loop's call (its own ceiling).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import xarray as xr
@@ -78,7 +86,7 @@ def peer_ceiling(night: str, model: str, threads: int, limit: int = 20000) -> di
     from s2v_batch.model import Predictor
 
     x = np.ascontiguousarray(xr.open_zarr(night).stamps[:limit].values)
-    pred = Predictor(model, batch_size=512)
+    pred = Predictor(model, batch_size=512, fold_bn=not as_saved, fuse_norm=not as_saved)
     pred.predict(x[:512])
     pred.predict(x[:64])
     parts = np.array_split(x, threads)
@@ -197,7 +205,7 @@ def fmt_row(dtype, n, label, r, plain, ceiling) -> str:
     steady = "" if np.isnan(r["steady"]) else f"{r['steady']:,.0f}"
     pct = f"{100 * r['steady'] / ceiling:.0f}%" if ceiling and steady else ""
     first = "" if np.isnan(r.get("first", np.nan)) else f"{r['first']:.1f}"
-    wall = f"{r['wall']:.1f}" if label not in ("ceiling", "ceiling 2x1") else ""
+    wall = f"{r['wall']:.1f}" if not label.startswith("ceiling") else ""
     e2e_s = f"{e2e:,.0f}" if wall else ""
     return (
         f"| {dtype} | {n:,} | {label} | {wall} | {e2e_s} | {steady} | {pct} | "
@@ -222,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "predict":
             r = peer_predict(night, model)
         else:
-            r = peer_ceiling(night, model, 2 if name == "ceiling2" else 1)
+            r = peer_ceiling(
+                night, model, 2 if name == "ceiling2" else 1, as_saved=name == "ceiling-saved"
+            )
         print(json.dumps(r))
         return 0
     if a.quick:
@@ -285,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(["ceiling", run_peer("ceiling", night, model, single_env), None])
             results.append(["ceiling 2x1", run_peer("ceiling2", night, model, pair_env), None])
             ceiling = results[-2][1]["steady"]
+            results.append(
+                [
+                    "ceiling, model as saved",
+                    run_peer("ceiling-saved", night, model, single_env),
+                    None,
+                ]
+            )
             for label, r, plain in results:
                 rows.append(fmt_row(dtype, n, label, r, plain, ceiling))
                 if label == "s2v score":
