@@ -492,6 +492,29 @@ def test_batchnorm_folding_keeps_the_scores(sim_stamps) -> None:
     assert M.fold_batchnorm(vgg) is vgg
 
 
+def test_fused_normalization_keeps_the_scores(sim_stamps) -> None:
+    """The XLA-fused normalisation (the Predictor's default on TensorFlow) scores as the model
+    as saved, NaN for the stamp with a NaN pixel included; the original model is untouched."""
+    model, _ = M.load_artifact(M.default_model_path())
+    fused = M.fuse_normalization(model)
+    assert type(fused.get_layer("normalize")) is not M.StampNormalization
+    assert type(model.get_layer("normalize")) is M.StampNormalization
+    fits = sim_stamps["fits"].copy()
+    fits[3, 10, 10, 2] = np.nan
+    for x in (fits, sim_stamps["gif"]):
+        want = _direct(model, x)
+        np.testing.assert_allclose(_direct(fused, x), want, atol=1e-4)
+        pred = M.Predictor(batch_size=16)
+        got = pred.predict(x)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(pred.predict(fits[3:4]))[0]
+    unfused = M.Predictor(batch_size=16, fuse_norm=False)
+    assert type(unfused.model.get_layer("normalize")) is M.StampNormalization
+    vgg = M.build_model("vgg6")
+    assert type(M.fuse_normalization(vgg).get_layer("normalize")) is not M.StampNormalization
+
+
 def test_tensorflow_and_jax_give_the_same_scores(sim_stamps, tmp_path: Path) -> None:
     """The shipped .keras file scores the same under JAX (own process: one backend a process)."""
     pytest.importorskip("jax")

@@ -11,7 +11,7 @@ One concern a module:
 - :mod:`.layers`: ``StampNormalization`` and ``NonFiniteGuard`` (registered serializables);
 - :mod:`.architectures`: ``space2vec``, ``vgg6``, ``build_model``, ``count_flops``;
 - :mod:`.artifact`: ``ModelCard``, ``save_artifact``, ``load_card``, ``load_artifact`` ...;
-- :mod:`.inference`: ``Predictor``, ``fold_batchnorm``;
+- :mod:`.inference`: ``Predictor``, ``fold_batchnorm``, ``fuse_normalization``;
 - :mod:`.backend`: the one place Keras is imported (TensorFlow's oneDNN default set first).
 
 The names are re-exported here lazily: ``from s2v_batch.model import load_card`` imports only
@@ -47,6 +47,7 @@ _OWNERS: dict[str, str] = {
     "ModelInputError": "inference",
     "Predictor": "inference",
     "fold_batchnorm": "inference",
+    "fuse_normalization": "inference",
     "NonFiniteGuard": "layers",
     "StampNormalization": "layers",
 }

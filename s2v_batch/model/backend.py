@@ -12,8 +12,8 @@ import json
 import os
 import sys
 
-# TensorFlow leaves its oneDNN kernels off on CPUs without AVX-512 (this AMD EPYC): on, the CNN
-# runs about 1.4x faster. Read once, when TensorFlow is imported, hence before keras. A value
+# TensorFlow leaves its oneDNN kernels off on CPUs without AVX-512 (the AMD EPYC this was first
+# measured on): on, the CNN ran about 1.4x faster there. Read once, when TensorFlow is imported, hence before keras. A value
 # already set (e.g. by a benchmark turning it off) wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

@@ -2,7 +2,8 @@
 
 :class:`Predictor` loads (and checks) an artifact once and scores stamps through one compiled
 call of a fixed batch size; :func:`fold_batchnorm` folds each BatchNormalization into the
-convolution before it, and a mixed-precision clone runs the hidden layers in bfloat16 (GPUs).
+convolution before it, :func:`fuse_normalization` has TensorFlow run the input normalisation as
+one XLA kernel, and a mixed-precision clone runs the hidden layers in bfloat16 (GPUs).
 The backend (TensorFlow or JAX) is whatever Keras runs on; Keras comes through
 :mod:`s2v_batch.model.backend`, so TensorFlow's oneDNN default is set before it loads.
 """
@@ -358,6 +359,21 @@ class Predictor:
                 return model(x, training=False)
 
         return fn
+
+    def prepare(self, dtype: np.dtype | str) -> None:
+        """Trace the compiled call for full batches of ``dtype`` pixels, running no stamps.
+
+        A worker's warm-up: the trace overlaps the driver's planning. XLA's compilation of the
+        fused normalisation and oneDNN's kernel set-up still happen in the first real call;
+        a batch of zeros would pay for them with a batch of compute on the critical path.
+
+        Parameters
+        ----------
+        dtype : numpy dtype or str
+            ``uint8`` or ``float32`` (other real dtypes are scored as float32).
+        """
+        x = self._check(np.zeros((0, *self.input_shape), dtype=np.dtype(dtype)))
+        self._fn(x.dtype, self.batch_size)
 
     def _check(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
