@@ -145,7 +145,7 @@ def cmd_score(a: argparse.Namespace) -> int:
             "lock_wait": a.lock_wait,
         },
     )
-    with open_client(a.cluster) as client:
+    with open_client(a.cluster, work="score") as client:
         print(f"dask dashboard: {client.dashboard_link}")
         s = score(a.store, a.out, client, model_path=a.model, season=a.season, night=a.night,
                   config=cfg.score, progress=not a.no_progress)  # fmt: skip

@@ -85,8 +85,9 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
         "--cluster",
         metavar="SPEC",
         help="Dask cluster spec: a YAML file, a shipped spec's name (local, cuda, slurm, slurm-cpu, "
-        "existing) or a scheduler's address (tcp://host:8786); default: a LocalCluster of one "
-        "worker per core on 127.0.0.1",
+        "existing) or a scheduler's address (tcp://host:8786); default: a LocalCluster on "
+        "127.0.0.1 (s2v score: a worker per 4 cores, a thread per core; otherwise a "
+        "single-threaded worker per core)",
     )
 
 
