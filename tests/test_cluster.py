@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from s2v_batch import cluster as cl
 from s2v_batch.cluster import KINDS, ClusterError, ClusterSpec, gpu_count, load_spec, open_client
 
 SPECS = Path(__file__).resolve().parent.parent / "cluster"
@@ -22,6 +25,31 @@ def test_each_spec_loads(name: str, kind: str) -> None:
     by_name = load_spec(name)  # the name of a spec in cluster/, as `--cluster slurm`
     assert by_path.kind == by_name.kind == kind in KINDS
     assert by_path.options == by_name.options
+
+
+@given(cores=st.integers(1, 512))
+def test_default_local_layouts_fit_the_cores(cores: int) -> None:
+    """Ingest (and anything else): a single-threaded worker per core. Scoring: threads of one
+    process share its TensorFlow, at most SCORE_THREADS_PER_WORKER a worker, never more
+    threads than cores and fewer than a worker's worth of cores left idle."""
+    real = cl.os.cpu_count
+    cl.os.cpu_count = lambda: cores
+    try:
+        any_ = load_spec(None).options
+        score = load_spec(None, "score").options
+    finally:
+        cl.os.cpu_count = real
+    assert (any_["n_workers"], any_["threads_per_worker"]) == (cores, 1)
+    n, t = score["n_workers"], score["threads_per_worker"]
+    assert 1 <= t <= cl.SCORE_THREADS_PER_WORKER
+    assert cores - n < n * t <= cores
+    if cores <= cl.SCORE_THREADS_PER_WORKER:
+        assert (n, t) == (1, cores)
+
+
+def test_default_local_layout_rejects_unknown_work() -> None:
+    with pytest.raises(ValueError, match="work must be"):
+        load_spec(None, "train")
 
 
 def test_every_service_of_the_local_specs_binds_to_loopback() -> None:
