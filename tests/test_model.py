@@ -509,6 +509,11 @@ def test_fused_normalization_keeps_the_scores(sim_stamps) -> None:
         np.testing.assert_allclose(got, want, atol=1e-4)
         assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(pred.predict(fits[3:4]))[0]
+    # A stamp scores the same whatever batch it lands in (tails run as small batches).
+    both = np.concatenate([fits, sim_stamps["gif"].astype(np.float32)])
+    np.testing.assert_array_equal(
+        M.Predictor(batch_size=16).predict(both), M.Predictor(batch_size=512).predict(both)
+    )
     unfused = M.Predictor(batch_size=16, fuse_norm=False)
     assert type(unfused.model.get_layer("normalize")) is M.StampNormalization
     vgg = M.build_model("vgg6")
