@@ -38,9 +38,12 @@ class RunInputs:
         """These inputs with the model that scores ``survey``'s stamps: the named model, else
         the shipped one whose card matches the survey and its configured stamp size
         (:func:`~s2v_batch.model.artifact.shipped_model_for`, as ``s2v score`` picks)."""
-        if self.model_given:
+        size = self.config.ingest.size_for(survey)
+        # A card that already fits is the shipped choice (it came from it): no cards re-read
+        # for every night of a run.
+        if self.model_given or self.card.fits(survey, size):
             return self
-        path = shipped_model_for(survey, self.config.ingest.size_for(survey))
+        path = shipped_model_for(survey, size)
         return self if path == self.model else replace(self, model=path, card=load_card(path))
 
     @property

@@ -101,6 +101,11 @@ class ModelCard:
         """``<name>-<version>``, the file name of the artifact without extension."""
         return f"{self.name}-{self.version}"
 
+    def fits(self, survey: str, stamp_size: int) -> bool:
+        """Whether the model takes ``survey``'s stamps of edge ``stamp_size`` pixels."""
+        size = int(stamp_size)
+        return self.survey == str(survey).lower() and tuple(self.input_shape[:2]) == (size, size)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         d = dataclasses.asdict(self)
@@ -391,7 +396,7 @@ def shipped_model_for(
     if models_dir is None and survey == "des":
         default = default_model_path()
         card = load_card(default)
-        if card.survey == survey and tuple(card.input_shape[:2]) == (size, size):
+        if card.fits(survey, size):
             return default
     found = []
     for card_path in sorted(folder.glob("*.json")):
@@ -399,7 +404,7 @@ def shipped_model_for(
             card = load_card(card_path)
         except ModelArtifactError:
             continue  # not a model card; a broken one is reported when it is asked for by name
-        if card.survey == survey and tuple(card.input_shape[:2]) == (size, size):
+        if card.fits(survey, size):
             keras_path = card_path.with_suffix(".keras")
             if keras_path.is_file():
                 found.append(((card.name, _version_key(card.version)), keras_path))
