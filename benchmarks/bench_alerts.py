@@ -60,8 +60,8 @@ def run_ingest(raw: Path, workers: int) -> tuple[int, float]:
     """``s2v ingest`` on a fresh LocalCluster; return alerts stored and seconds."""
     from distributed import Client, LocalCluster
 
-    from s2v_batch.cluster import cpu_worker_env
-    from s2v_batch.ingest import ingest
+    from s2v_batch.ingest.driver import ingest
+    from s2v_batch.pipeline.cluster import cpu_worker_env
 
     store = Path(tempfile.mkdtemp(prefix="bench-alert-store-"))
     try:
@@ -81,7 +81,7 @@ def run_ingest(raw: Path, workers: int) -> tuple[int, float]:
 
 
 def simulate_once(base: Path, name: str, n: int, fmt: str) -> Path:
-    from s2v_batch.alertsim import simulate_alerts
+    from s2v_batch.sim.alerts import simulate_alerts
 
     out = base / name
     if not (out / "autoscan_features.3.csv").exists():

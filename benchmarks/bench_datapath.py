@@ -4,7 +4,7 @@ model's input, in stamps/s a core, for uint8, float32 and the compact float enco
 A night per encoding is written with the store's own code (``benchdata.make_night``) and read
 once to warm the page cache (a scoring node reads from its filesystem; warm, the figures are the
 CPU's). Then ``--threads`` readers at once, each over its own range of the night, read blocks of
-``--block`` stamps as a scoring task does (:class:`s2v_batch.shardread.StampReader` into a reused
+``--block`` stamps as a scoring task does (:class:`s2v_batch.store.shardread.StampReader` into a reused
 buffer); zarr-python's slicing (what the store's readers had before) is timed with one reader for
 comparison. The model takes the stored dtype (uint8 or float32) and casts on the device, so the
 host's conversion ends at a C-contiguous array of that dtype (``np.ascontiguousarray``: free
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         a.stamps, a.repeats = 8192, 1
     import zarr
 
-    from s2v_batch import store as zstore
-    from s2v_batch.config import IngestConfig
-    from s2v_batch.shardread import StampReader
+    from s2v_batch.core.config import IngestConfig
+    from s2v_batch.store import dataset as zstore
+    from s2v_batch.store.shardread import StampReader
 
     compact = a.compact or IngestConfig().float_encoding
     if compact == "lossless":

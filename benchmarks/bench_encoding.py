@@ -12,7 +12,7 @@ Simulated FITS stamps as ingest stores them (float32, masked pixels filled), ``-
   stamps whose candidate flag flips at the model card's threshold; stamps that score NaN.
 
 Candidates: lossless zstd (today's store), lossless Blosc-zstd with byte shuffle, ``bitround-K``
-(keep K mantissa bits, :func:`s2v_batch.encoding.round_mantissa`; Blosc zstd + byte shuffle, the
+(keep K mantissa bits, :func:`s2v_batch.core.encoding.round_mantissa`; Blosc zstd + byte shuffle, the
 store's codec, and for one K also plain zstd, Blosc lz4 and bit shuffle), float16 (values beyond
 65,504 overflow to Inf), and fpack-like quantisation: int32 codes of ``x / (sigma / q)`` with
 ``sigma`` each stamp's and channel's noise (the median absolute difference of neighbouring pixels,
@@ -58,7 +58,7 @@ def candidates(
     """(name, transform pixels -> stored array(s), inverse -> float32, numcodecs codec)."""
     import numcodecs
 
-    from s2v_batch.encoding import round_mantissa
+    from s2v_batch.core.encoding import round_mantissa
 
     zstd = numcodecs.Zstd(level=1)
     bz = numcodecs.Blosc("zstd", 1, numcodecs.Blosc.SHUFFLE)

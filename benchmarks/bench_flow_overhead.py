@@ -4,7 +4,7 @@ For each night size: simulate one night of raw stamps, then on one LocalCluster 
 
 - *direct*: ``ingest`` + ``score`` + ``write_reports`` called straight, on one client;
 - *flow*: ``nightly_flow`` on the same raw night, attached to the same cluster (its tasks call
-  the same library functions through ``s2v_batch.pipeline``; planning walks the night's folder).
+  the same library functions through ``s2v_batch.pipeline.steps``; planning walks the night's folder).
 
 Two measures of the orchestration cost:
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def make_raw(root: Path, n: int, fmt: str, seed: int) -> tuple[Path, int]:
     """One simulated night of ``n`` stamps under ``root`` (reused when already there)."""
-    from s2v_batch.simulator import simulate
+    from s2v_batch.sim.simulator import simulate
 
     marker = root / ".bench.json"
     want = {"n": n, "fmt": fmt, "seed": seed}
@@ -96,10 +96,10 @@ def fresh(base: Path) -> dict[str, Path]:
 
 def run_direct(raw: Path, night: int, out: dict[str, Path], model: Path, client) -> float:
     """The library calls the flow makes, straight on one client; wall seconds."""
-    from s2v_batch.ingest import ingest
+    from s2v_batch.ingest.driver import ingest
     from s2v_batch.model import load_card
     from s2v_batch.report import write_reports
-    from s2v_batch.scoring import score
+    from s2v_batch.scoring.driver import score
 
     labels = raw / "autoscan_features.3.csv"
     quiet = lambda s: None  # noqa: E731
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect import flow
 
-    from s2v_batch.cluster import open_client
+    from s2v_batch.pipeline.cluster import open_client
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ Every figure comes from this one run on this one card, with the Keras JAX backen
    fraction of the matching matrix rate, from :func:`s2v_batch.model.count_flops`;
 3. ``Predictor.predict`` on host numpy arrays, as the scorer calls it, at the same sizes;
 4. the data path alone: read and decompress a night from Zarr in blocks
-   (:func:`s2v_batch.scoring.prefetched_blocks`) and copy them to the GPU
+   (:func:`s2v_batch.scoring.driver.prefetched_blocks`) and copy them to the GPU
    (``jax.device_put``), with one reader and with several concurrent readers (threads);
-5. end to end, Zarr -> Parquet: :func:`s2v_batch.scoring.score` on a ``dask_cuda``
+5. end to end, Zarr -> Parquet: :func:`s2v_batch.scoring.driver.score` on a ``dask_cuda``
    ``LocalCUDACluster`` from the project's ``cluster/cuda.yaml`` (threads per worker swept),
    warmed first, with the GPU's busy time sampled through NVML every 0.1 s; once more in mixed
    precision, and once with the shipped defaults (ingest shards, ``ScoreConfig()``,
@@ -238,7 +238,7 @@ class GpuSampler:
 
 def simulated_u8(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``n`` simulated stamps scaled to uint8 as gif ingest stores them (bench_score's way)."""
-    from s2v_batch.simulator import simulate_stamps
+    from s2v_batch.sim.simulator import simulate_stamps
 
     block = simulate_stamps(n, np.random.default_rng(seed))
     px = np.nan_to_num(block.pixels)
@@ -268,7 +268,7 @@ def make_night(
 
     Returns the path and how it came to be (seconds and rate, or "reused").
     """
-    from s2v_batch import store as zstore
+    from s2v_batch.store import dataset as zstore
 
     path = zstore.night_path(root, SEASON, night)
     fp = f"bench-gpu-{n}-{shard}-{chunk}-{len(u8)}"
@@ -369,7 +369,7 @@ def data_path(night: Path, n: int, block: int, readers: int, to_gpu: bool) -> fl
     import jax
     import zarr
 
-    from s2v_batch.scoring import prefetched_blocks
+    from s2v_batch.scoring.driver import prefetched_blocks
 
     arr = zarr.open_group(night, mode="r")["stamps"]
     dev = jax.devices()[0]
@@ -421,7 +421,7 @@ def cluster_spec(quick: bool, threads: int, fallback: bool = False):
     ``fallback``: where the LocalCUDACluster cannot start, a LocalCluster of one worker with
     cuda.yaml's worker environment (its JAX still uses the GPU), so the run still measures.
     """
-    from s2v_batch.cluster import ClusterSpec, load_spec
+    from s2v_batch.pipeline.cluster import ClusterSpec, load_spec
 
     spec = load_spec(None if quick else "cuda")
     if fallback:
@@ -456,9 +456,9 @@ def run_group(
     fallback: bool = False,
 ) -> None:
     """Run the e2e runs of one threads-per-worker setting on one cluster (started and warmed)."""
-    from s2v_batch.cluster import open_client
-    from s2v_batch.config import ScoreConfig
-    from s2v_batch.scoring import get_predictor, score
+    from s2v_batch.core.config import ScoreConfig
+    from s2v_batch.pipeline.cluster import open_client
+    from s2v_batch.scoring.driver import get_predictor, score
 
     keras_path = str(Path(model).with_suffix(".keras"))  # the path score() gives the workers
 
@@ -856,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         f"level 1 (the project's store code): {how}."
     )
     if a.defaults_stamps:
-        from s2v_batch.store import DEFAULT_CHUNK_STAMPS, DEFAULT_SHARD_STAMPS
+        from s2v_batch.store.dataset import DEFAULT_CHUNK_STAMPS, DEFAULT_SHARD_STAMPS
 
         _, how2 = make_night(
             store,
@@ -913,8 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_by_t: list[list[E2E]] = [
         [E2E("threads sweep", t, a.e2e_batch, a.part_stamps, False, NIGHT)] for t in a.threads
     ]
-    from s2v_batch.cluster import load_spec
-    from s2v_batch.config import ScoreConfig
+    from s2v_batch.core.config import ScoreConfig
+    from s2v_batch.pipeline.cluster import load_spec
 
     shipped = ScoreConfig()
     yaml_threads = int(load_spec(None if quick else "cuda").options.get("threads_per_worker", 1))
@@ -1041,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
         "lrrrrrrrrrr",
     )
     best = max((r for r in done if r.n and r.night == NIGHT), key=lambda r: r.rate, default=None)
-    cli = f"KERAS_BACKEND=jax python3 -m s2v_batch.cli score {store} --out {a.workdir / 'scores'}"
+    cli = f"KERAS_BACKEND=jax python3 -m s2v_batch.cli.main score {store} --out {a.workdir / 'scores'}"
     lines = ["```bash"]
     if a.defaults_stamps:
         lines += [
@@ -1064,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--cluster {cluster}"
         )
     rep.add(
-        "The same runs as `s2v score` commands (`python3 -m s2v_batch.cli` where the package "
+        "The same runs as `s2v score` commands (`python3 -m s2v_batch.cli.main` where the package "
         "is not installed):",
         "",
         *lines,

@@ -47,8 +47,8 @@ def run_ingest(raw: Path, workers: int) -> tuple[int, float, list[int]]:
     """Ingest on a fresh LocalCluster; return stamps, seconds and each worker's peak RSS (bytes)."""
     from distributed import Client, LocalCluster
 
-    from s2v_batch.cluster import cpu_worker_env
-    from s2v_batch.ingest import ingest
+    from s2v_batch.ingest.driver import ingest
+    from s2v_batch.pipeline.cluster import cpu_worker_env
 
     store = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
@@ -77,7 +77,7 @@ def run_ingest(raw: Path, workers: int) -> tuple[int, float, list[int]]:
 
 
 def simulate_once(base: Path, name: str, n: int, **kw) -> Path:
-    from s2v_batch.simulator import simulate
+    from s2v_batch.sim.simulator import simulate
 
     out = base / name
     if not (out / "autoscan_features.3.csv").exists():

@@ -1,8 +1,8 @@
 """The queries users run on the Parquet scores, before and after nights were published as one file.
 
 Synthetic score tables, written with the sink's own code: per night, parts of ``--part-rows``
-rows through :func:`s2v_batch.sink.write_part` (the layout before: one file per scoring task,
-published as they were), then the same nights merged with :func:`s2v_batch.sink.merge_parts` into
+rows through :func:`s2v_batch.store.scores.write_part` (the layout before: one file per scoring task,
+published as they were), then the same nights merged with :func:`s2v_batch.store.scores.merge_parts` into
 one file each, for each sort order and row-group size compared. Scores follow a two-humped
 distribution like a classifier's (most artifacts near 0, reals near 1); stamp IDs are unique in
 a season and increase with the night, as ingest assigns them. The queries, each the best of
@@ -12,7 +12,7 @@ a season and increase with the night, as ingest assigns them. The queries, each 
 - night: one night's ``stamp_id`` and ``score``;
 - top candidates: ``score >= 0.99`` over every night, ``stamp_id`` and ``score``, the 1,000 best;
 - one stamp: every column of ``stamp_id == X`` over every night;
-- reports' read: :func:`s2v_batch.sink.read_scores` of a season, every column.
+- reports' read: :func:`s2v_batch.store.scores.read_scores` of a season, every column.
 
     python benchmarks/bench_queries.py --nights 1000 --rows 40000          # the issue's scale
     python benchmarks/bench_queries.py --nights 100 --rows 400000          # large nights
@@ -70,7 +70,7 @@ def night_table(season_i: int, night_i: int, rows: int, rng: np.random.Generator
 
 def build(base: Path, nights: int, seasons: int, rows: int, part_rows: int, variants, seed: int):
     """The 'before' tree and one 'after' tree per variant (reused when complete)."""
-    from s2v_batch import sink
+    from s2v_batch.store import scores as sink
 
     done = base / "_complete"
     if done.is_file():
@@ -110,7 +110,7 @@ def best(fn, repeats: int) -> tuple[float, object]:
 def queries(root: Path, season: str, night: int, stamp: int, repeats: int) -> dict[str, float]:
     import pandas as pd
 
-    from s2v_batch import sink
+    from s2v_batch.store import scores as sink
 
     def top():
         df = pd.read_parquet(root, filters=[("score", ">=", 0.99)], columns=["stamp_id", "score"])

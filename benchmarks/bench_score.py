@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.quick:
         a.sizes = [6144]  # three parts: a steady rate between the first and the last
-    from s2v_batch.config import IngestConfig, ScoreConfig
+    from s2v_batch.core.config import IngestConfig, ScoreConfig
 
     work = Path(a.workdir)
     model = bd.shipped_model()

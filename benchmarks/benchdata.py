@@ -2,12 +2,12 @@
 own code, the process-tree memory sampler and the load average line every table carries.
 
 Stamps come from the project's simulator: float32 as ingest stores FITS stamps (masked pixels
-filled with the channel's median, :func:`s2v_batch.decode.combine_channels`), uint8 as the survey's
+filled with the channel's median, :func:`s2v_batch.formats.decode.combine_channels`), uint8 as the survey's
 GIFs hold them (the simulator's GIF scaling; GIF is lossless, so ingest stores exactly these).
 A night of ``n`` stamps repeats a pool of at most ``pool`` distinct stamps (simulating is ~1.5 ms
 a stamp); compression works per inner chunk of 256 stamps, so repeating a pool of thousands
 changes nothing the benchmarks measure. Written shard by shard (bounded memory) with
-:func:`s2v_batch.store.create_night` and :func:`s2v_batch.store.write_stamps`, the layout and
+:func:`s2v_batch.store.dataset.create_night` and :func:`s2v_batch.store.dataset.write_stamps`, the layout and
 codecs ``s2v ingest`` gives a night.
 """
 
@@ -28,9 +28,9 @@ SEASON, NIGHT = "Y1", 20130901
 
 def simulated_stamps(n: int, dtype: str, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distinct stamps ``(n, 51, 51, 3)`` of ``dtype`` (``uint8``/``float32``) and labels."""
-    from s2v_batch.decode import combine_channels
-    from s2v_batch.simformats import scale_u8
-    from s2v_batch.simulator import simulate_stamps
+    from s2v_batch.formats.decode import combine_channels
+    from s2v_batch.sim.encoders import scale_u8
+    from s2v_batch.sim.simulator import simulate_stamps
 
     rng = np.random.default_rng(seed)
     out, labels = [], []
@@ -77,9 +77,9 @@ def make_night(
     seed: int = 3,
 ) -> Path:
     """A complete night of ``n`` stamps under ``store_root`` (reused when already there)."""
-    from s2v_batch import nightstate
-    from s2v_batch import store as zstore
-    from s2v_batch.config import IngestConfig
+    from s2v_batch.core.config import IngestConfig
+    from s2v_batch.store import dataset as zstore
+    from s2v_batch.store import state as nightstate
 
     path = zstore.night_path(store_root, SEASON, NIGHT)
     if zstore.verify_night(path):
@@ -112,7 +112,7 @@ def make_night(
     for start in range(0, n, cfg.shard_stamps):
         idx = np.arange(start, min(start + cfg.shard_stamps, n)) % len(px)
         zstore.write_stamps(partial, start, px[idx])
-    from s2v_batch.fsutil import replace_dir
+    from s2v_batch.core.fsutil import replace_dir
 
     replace_dir(partial, path)
     return path

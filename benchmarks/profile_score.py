@@ -5,7 +5,7 @@
    BatchNorm folded), tracing the compiled call for a dtype.
 2. Per stamp, each stage of scoring one part, before (the code of issue 4) and now, with one
    TensorFlow thread as a worker runs it: opening the night, reading (zarr-python slices into
-   fresh arrays, against :class:`s2v_batch.shardread.StampReader` into reused buffers; and the
+   fresh arrays, against :class:`s2v_batch.store.shardread.StampReader` into reused buffers; and the
    zstd decompression alone), the non-finite check (every pixel, against only stamps that scored
    NaN), the model call, building and writing the Parquet part.
 3. ``s2v score`` as a user runs it: CPU seconds of each process of its tree (the driver: client,
@@ -58,10 +58,10 @@ def stages(night: Path, model: Path, n: int, repeats: int) -> dict[str, tuple[fl
     import pyarrow as pa
     import zarr
 
-    from s2v_batch import sink
-    from s2v_batch import store as zstore
-    from s2v_batch.scoring import get_predictor, nonfinite_reasons, score_block
-    from s2v_batch.shardread import StampReader
+    from s2v_batch.scoring.driver import get_predictor, nonfinite_reasons, score_block
+    from s2v_batch.store import dataset as zstore
+    from s2v_batch.store import scores as sink
+    from s2v_batch.store.shardread import StampReader
 
     part = 2048
     pred = get_predictor(str(model), 512)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     import benchdata as bd
 
-    from s2v_batch.config import IngestConfig
+    from s2v_batch.core.config import IngestConfig
 
     work, model = Path(a.workdir), bd.shipped_model()
     enc = IngestConfig().float_encoding

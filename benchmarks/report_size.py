@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from s2v_batch import sink
-from s2v_batch import store as zstore
 from s2v_batch.report import write_reports
-from s2v_batch.simulator import simulate_stamps
+from s2v_batch.sim.simulator import simulate_stamps
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 
 def page_weight(page: Path) -> int:

@@ -19,9 +19,10 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from s2v_batch import pipeline, runsummary
-from s2v_batch.cluster import open_client
-from s2v_batch.pipeline import NightOutcome, NightPlan, Plan, RunInputs
+from s2v_batch.pipeline import steps as pipeline
+from s2v_batch.pipeline import summary as runsummary
+from s2v_batch.pipeline.cluster import open_client
+from s2v_batch.pipeline.steps import NightOutcome, NightPlan, Plan, RunInputs
 from s2v_flows.nightly import TASK, report_season
 
 #: Threads the flow's task runner holds; ``max_concurrency`` may not exceed it.

@@ -1,4 +1,4 @@
-"""The demo: simulate a small season (``s2v_batch.demo``), then run the nightly flow on each night.
+"""The demo: simulate a small season (``s2v_batch.sim.demo``), then run the nightly flow on each night.
 
 Running the demo again on the same folder reuses the simulated stamps, and the library finds every
 night stored, scored and reported: nothing is recomputed.
@@ -10,8 +10,8 @@ import os
 import time
 from typing import Any
 
-from s2v_batch import demo
-from s2v_batch.cluster import open_client
+from s2v_batch.pipeline.cluster import open_client
+from s2v_batch.sim import demo
 from s2v_flows.nightly import nightly_flow
 
 
@@ -46,7 +46,7 @@ def run_demo(
     -------
     dict
         Paths, ``nights`` (the nightly summaries), totals, ``season`` (the season report's
-        figures), ``seconds`` and ``line`` (see :func:`s2v_batch.demo.summary`).
+        figures), ``seconds`` and ``line`` (see :func:`s2v_batch.sim.demo.summary`).
     """
     t0 = time.perf_counter()
     data = demo.prepare(workdir, nights=nights, stamps_per_night=stamps_per_night, seed=seed)

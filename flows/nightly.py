@@ -1,11 +1,11 @@
 """The nightly flow: ingest one night's raw stamps, score them, update the night's and season's report.
 
-Each task calls one function of :mod:`s2v_batch.pipeline`. The flow opens one Dask cluster (or
+Each task calls one function of :mod:`s2v_batch.pipeline.steps`. The flow opens one Dask cluster (or
 attaches to a scheduler address) and hands its client to the tasks: no Prefect code runs on a Dask
 worker. Re-runs are cheap and safe because the library skips what is done and verified and resumes
 what was interrupted: there is no second cache here. Tasks retry transient errors (a lost worker,
 a flaky filesystem, a busy writer lock); bad input, a full or read-only disk, permission denied and
-a vanished folder fail at once (``s2v_batch.faults.is_transient`` decides). A night without
+a vanished folder fail at once (``s2v_batch.core.faults.is_transient`` decides). A night without
 data is a normal outcome: the run waits up to ``wait_for_data`` seconds, then completes saying so,
 unless ``fail_if_no_data``. ``python -m s2v_flows.nightly --help`` serves it on a schedule.
 """
@@ -22,11 +22,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from s2v_batch import faults, pipeline, runsummary
-from s2v_batch.cluster import open_client
-from s2v_batch.ingest import NightResult
-from s2v_batch.pipeline import OBSERVATORY_TZ, NightPlan, Plan, RunInputs, last_night
-from s2v_batch.scoring import NightScore
+from s2v_batch.core import faults
+from s2v_batch.ingest.driver import NightResult
+from s2v_batch.pipeline import steps as pipeline
+from s2v_batch.pipeline import summary as runsummary
+from s2v_batch.pipeline.cluster import open_client
+from s2v_batch.pipeline.steps import OBSERVATORY_TZ, NightPlan, Plan, RunInputs, last_night
+from s2v_batch.scoring.driver import NightScore
 
 #: The schedule of the deployment: the morning after each observing night.
 NIGHTLY_CRON = "0 9 * * *"
@@ -35,7 +37,7 @@ NIGHTLY_CRON = "0 9 * * *"
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry what may pass (a lost worker or scheduler, a busy
     writer lock, a flaky filesystem), never bad input, a full or read-only disk, permission
-    denied or a vanished folder (``s2v_batch.faults.is_transient``)."""
+    denied or a vanished folder (``s2v_batch.core.faults.is_transient``)."""
     # Fetch the exception without raising it (re-raising would graft this frame onto the log).
     exc = state.result(raise_on_failure=False)
     return not isinstance(exc, BaseException) or faults.is_transient(exc)

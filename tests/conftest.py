@@ -34,9 +34,9 @@ def prefect_harness() -> Iterator[None]:
 def dask_client() -> Iterator[Any]:
     """A real ``distributed`` client on a LocalCluster bound to 127.0.0.1 (one 2-thread worker).
 
-    Built with :func:`s2v_batch.cluster.open_client`, so workers get the project's thread settings.
+    Built with :func:`s2v_batch.pipeline.cluster.open_client`, so workers get the project's thread settings.
     """
-    from s2v_batch.cluster import ClusterSpec, open_client
+    from s2v_batch.pipeline.cluster import ClusterSpec, open_client
 
     spec = ClusterSpec(
         kind="local",
@@ -87,7 +87,7 @@ def two_worker_client() -> Iterator[Any]:
     """
     from distributed import Client, LocalCluster
 
-    from s2v_batch.cluster import cpu_worker_env
+    from s2v_batch.pipeline.cluster import cpu_worker_env
 
     with (
         LocalCluster(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch.agreement import Agreement, agreement_for
+from s2v_batch.metrics.agreement import Agreement, agreement_for
 
 _scores = st.lists(
     st.tuples(

@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from s2v_batch import sink
-from s2v_batch import store as zstore
-from s2v_batch.alertio import iter_archive, iter_path
-from s2v_batch.alertschema import SchemaRegistry
-from s2v_batch.alertsim import avro_container, simulate_alerts, write_archive, ztf_record
-from s2v_batch.alertstamps import alert_stamp
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.ingest import ingest
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.core.nights import night_of_mjd
+from s2v_batch.core.surveys import get_survey
+from s2v_batch.formats.alertio import iter_archive, iter_path
+from s2v_batch.formats.alertpackets import alert_stamp
+from s2v_batch.formats.alertschema import SchemaRegistry
+from s2v_batch.ingest.driver import ingest
 from s2v_batch.model.artifact import default_model_path
-from s2v_batch.nights import night_of_mjd
-from s2v_batch.scoring import ScoringError, score
-from s2v_batch.simulator import simulate, simulate_stamps
-from s2v_batch.surveys import get_survey
+from s2v_batch.scoring.driver import ScoringError, score
+from s2v_batch.sim.alerts import avro_container, simulate_alerts, write_archive, ztf_record
+from s2v_batch.sim.simulator import simulate, simulate_stamps
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 CFG = IngestConfig(unit_stamps=16, shard_stamps=64, chunk_stamps=32, rubin_stamp_size=51)
 

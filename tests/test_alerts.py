@@ -16,8 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch.alertio import AlertReadError, iter_archive, iter_path
-from s2v_batch.alertschema import (
+from s2v_batch.core.conventions import alert_season, is_season, survey_of_season
+from s2v_batch.core.nights import SURVEY_TZ, night_of_jd, night_of_mjd
+from s2v_batch.core.surveys import get_survey
+from s2v_batch.formats.alertio import AlertReadError, iter_archive, iter_path
+from s2v_batch.formats.alertpackets import alert_stamp, fit_to_size, record_night
+from s2v_batch.formats.alertschema import (
     RUBIN_SCHEMA_ID,
     SchemaRegistry,
     parsed_schema,
@@ -26,7 +30,12 @@ from s2v_batch.alertschema import (
     write_schema_files,
     ztf_schema,
 )
-from s2v_batch.alertsim import (
+from s2v_batch.formats.decode import StampError
+from s2v_batch.ingest.alerttree import archive_placement
+from s2v_batch.ingest.alertunits import read_alert_unit
+from s2v_batch.ingest.rawtree import discover
+from s2v_batch.ingest.units import Unit
+from s2v_batch.sim.alerts import (
     avro_container,
     framed_record,
     gzip_bytes,
@@ -35,14 +44,7 @@ from s2v_batch.alertsim import (
     write_parquet,
     ztf_record,
 )
-from s2v_batch.alertstamps import alert_stamp, fit_to_size, read_alert_unit, record_night
-from s2v_batch.alerttree import archive_placement
-from s2v_batch.conventions import alert_season, is_season, survey_of_season
-from s2v_batch.decode import StampError
-from s2v_batch.nights import SURVEY_TZ, night_of_jd, night_of_mjd
-from s2v_batch.rawtree import Unit, discover
-from s2v_batch.simulator import fits_bytes, simulate_stamps
-from s2v_batch.surveys import get_survey
+from s2v_batch.sim.simulator import fits_bytes, simulate_stamps
 
 ZTF, RUBIN = get_survey("ztf"), get_survey("rubin")
 JD0 = 2460311.7  # 2024-01-02 04:48 UTC: the evening of 2024-01-01 at Palomar
@@ -386,7 +388,7 @@ def test_gzip_tar_bytes_are_deterministic(tmp_path):
     dtype=st.sampled_from(["<f4", "<i2", "|u1", "<f8"]),
 )
 def test_npy_rows_write_a_valid_npy_of_any_length(tmp_path_factory, n, shape, dtype):
-    from s2v_batch.staging import NpyRows
+    from s2v_batch.ingest.staging import NpyRows
 
     path = tmp_path_factory.mktemp("npy") / "x.npy"
     rows = np.arange(n * int(np.prod(shape, dtype=int)), dtype=dtype).reshape(n, *shape)

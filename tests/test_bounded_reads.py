@@ -19,19 +19,19 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from s2v_batch import store as zstore
-from s2v_batch.config import IngestConfig
-from s2v_batch.decode import StampError, decode_fits, max_channel_bytes
-from s2v_batch.ingest import ingest
-from s2v_batch.rawtree import discover
-from s2v_batch.simulator import fits_bytes, simulate
+from s2v_batch.core.config import IngestConfig
+from s2v_batch.formats.decode import StampError, decode_fits, max_channel_bytes
+from s2v_batch.ingest.driver import ingest
+from s2v_batch.ingest.rawtree import discover
+from s2v_batch.sim.simulator import fits_bytes, simulate
+from s2v_batch.store import dataset as zstore
 
 CFG = IngestConfig(unit_stamps=10, shard_stamps=64, chunk_stamps=16)
 GiB = 1 << 30
 
 MAXRSS = """\
 import pickle, resource, sys
-from s2v_batch.stamps import read_unit
+from s2v_batch.ingest.stamps import read_unit
 with open(sys.argv[1], "rb") as f:
     units = pickle.load(f)
 reasons = [q["reason"] for u in units for q in read_unit(u, 51).quarantine]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2v_batch import store as zstore
-from s2v_batch.simulator import simulate_stamps
+from s2v_batch.sim.simulator import simulate_stamps
+from s2v_batch.store import dataset as zstore
 
 
 def s2v(*args: str) -> subprocess.CompletedProcess:
@@ -95,7 +95,7 @@ def _one_error_line(rc: int, out: str, err: str, prog: str, message: str) -> Non
 
 @pytest.mark.parametrize("args, prog, message", BAD_ARGUMENTS)
 def test_bad_arguments_give_exit_2_and_one_error_line(tmp_path, capsys, args, prog, message):
-    from s2v_batch.cli import main
+    from s2v_batch.cli.main import main
 
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     try:
@@ -163,7 +163,7 @@ def test_train_command_writes_a_card_that_says_what_it_learned_from(tmp_path):
 
 @pytest.mark.parametrize("name", ["nightly", "gpu"])
 def test_shipped_pipeline_configs_are_valid(name):
-    from s2v_batch.config import PipelineConfig
+    from s2v_batch.core.config import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(
         Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
@@ -173,7 +173,7 @@ def test_shipped_pipeline_configs_are_valid(name):
 
 @pytest.mark.parametrize("ref", ["gpu", "gpu.yaml", "configs/gpu.yaml"])
 def test_a_shipped_config_is_found_by_name_from_any_folder(ref, tmp_path, monkeypatch):
-    from s2v_batch.config import PipelineConfig
+    from s2v_batch.core.config import PipelineConfig
 
     monkeypatch.chdir(tmp_path)
     repo = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(ref, tmp_path, monkey
 
 
 def test_an_unknown_config_is_a_one_line_error_listing_the_shipped_names(tmp_path, capsys):
-    from s2v_batch.cli import main
+    from s2v_batch.cli.main import main
 
     code = main(["score", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "nope"])
     err = capsys.readouterr().err.strip()
@@ -198,9 +198,9 @@ def test_ingest_float_encoding_stores_fits_stamps_compactly(tmp_path):
     attributes), their values within 2^-K relative of the lossless ones; GIF nights stay lossless."""
     import numpy as np
 
-    from s2v_batch import store as zstore
-    from s2v_batch.cli import main
-    from s2v_batch.simulator import simulate
+    from s2v_batch.cli.main import main
+    from s2v_batch.sim.simulator import simulate
+    from s2v_batch.store import dataset as zstore
 
     raw = tmp_path / "raw"
     simulate(raw, season="Y1", nights=1, stamps_per_night=60, fmt="fits", seed=3)

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s2v_batch import cluster as cl
-from s2v_batch.cluster import KINDS, ClusterError, ClusterSpec, gpu_count, load_spec, open_client
+from s2v_batch.pipeline import cluster as cl
+from s2v_batch.pipeline.cluster import (
+    KINDS,
+    ClusterError,
+    ClusterSpec,
+    gpu_count,
+    load_spec,
+    open_client,
+)
 
 SPECS = Path(__file__).resolve().parent.parent / "cluster"
 
@@ -106,7 +113,7 @@ def test_cuda_spec_sets_gpu_memory_growth() -> None:
 
 
 def test_slurm_spec_renders_its_job_script_without_slurm(tmp_path: Path, monkeypatch) -> None:
-    from s2v_batch.cluster import make_cluster
+    from s2v_batch.pipeline.cluster import make_cluster
 
     monkeypatch.chdir(tmp_path)  # log_directory is relative: keep it out of the repository
     spec = load_spec("slurm")
@@ -176,7 +183,7 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch) -> Non
 
 
 def test_an_unknown_spec_is_one_line_listing_the_shipped_names(tmp_path, monkeypatch) -> None:
-    from s2v_batch import resources
+    from s2v_batch.core import resources
 
     monkeypatch.chdir(tmp_path)
     shipped = sorted(resources.shipped(resources.CLUSTER_SPECS))

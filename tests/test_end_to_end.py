@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2v_batch import metrics, sink
-from s2v_batch import store as zstore
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.ingest import ingest
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.ingest.driver import ingest
+from s2v_batch.metrics import classification as metrics
 from s2v_batch.model import Predictor, default_model_path, load_card
 from s2v_batch.report import write_reports
-from s2v_batch.scoring import score
-from s2v_batch.simulator import simulate
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.simulator import simulate
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 REPO = Path(__file__).resolve().parent.parent
 SHARD = 64  # Zarr shard = Parquet part: a 128-stamp night is exactly two of each

@@ -32,14 +32,16 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
-from s2v_batch import faults, nightstate, sink
-from s2v_batch import store as zstore
-from s2v_batch.cluster import cpu_worker_env
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.fsutil import StoreBusyError
-from s2v_batch.ingest import ingest
-from s2v_batch.scoring import score
-from s2v_batch.simulator import simulate
+from s2v_batch.core import faults
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.core.faults import StoreBusyError
+from s2v_batch.ingest.driver import ingest
+from s2v_batch.pipeline.cluster import cpu_worker_env
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.simulator import simulate
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
+from s2v_batch.store import state as nightstate
 
 ROOT = os.geteuid() == 0
 DASK = Path(sys.executable).with_name("dask")
@@ -572,7 +574,7 @@ def test_workers_that_keep_dying(data, cluster, tmp_path, logs):
 
 ORPHAN = """\
 import os, sys
-from s2v_batch.fsutil import exclusive
+from s2v_batch.core.fsutil import exclusive
 lock = exclusive(sys.argv[1], "test")
 lock.__enter__()
 if os.fork() == 0:  # the child inherits the locked file; the parent that took it exits

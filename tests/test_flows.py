@@ -23,7 +23,7 @@ STAMPS = 120  # a night: enough for two ingest units and several score batches, 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two seasons: Y1 with a gif night (plus two corrupt stamps) and a tar night; Y2 one gif night."""
-    from s2v_batch.simulator import pack_night_as_tar, simulate
+    from s2v_batch.sim.simulator import pack_night_as_tar, simulate
 
     root = tmp_path_factory.mktemp("raw")
     y1 = simulate(root, season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=11)
@@ -66,7 +66,7 @@ def test_nightly_end_to_end_then_nothing_again(
 ):
     import xarray as xr
 
-    from s2v_batch import sink
+    from s2v_batch.store import scores as sink
     from s2v_flows.nightly import nightly_flow
 
     model = make_test_model("flows-a", "1", 1)
@@ -134,9 +134,9 @@ def test_nightly_redoes_a_night_whose_raw_files_changed(
 ):
     """Touching, adding or replacing a raw file of a finished night: the next nightly run
     ingests and scores that night again; without a change it rewrites nothing."""
-    from s2v_batch import sink
-    from s2v_batch import store as zstore
-    from s2v_batch.decode import decode_gif
+    from s2v_batch.formats.decode import decode_gif
+    from s2v_batch.store import dataset as zstore
+    from s2v_batch.store import scores as sink
     from s2v_flows.nightly import nightly_flow
 
     root = tmp_path / "raw"
@@ -188,8 +188,8 @@ def test_nightly_redoes_a_night_whose_raw_files_changed(
 def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_batch import sink
     from s2v_batch.model import ModelArtifactError
+    from s2v_batch.store import scores as sink
     from s2v_flows.nightly import nightly_flow
 
     model = _copy_model(make_test_model("flows-a", "1", 1), tmp_path / "model")
@@ -216,7 +216,7 @@ def test_nightly_rerun_after_scoring_failure_does_only_the_rest(
 def test_nightly_bad_input_fails_with_a_clear_error(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_batch.pipeline import InputError, NightError, NoDataError
+    from s2v_batch.pipeline.steps import InputError, NightError, NoDataError
     from s2v_flows.nightly import nightly_flow
 
     model = str(make_test_model("flows-a", "1", 1))
@@ -234,7 +234,7 @@ def test_nightly_bad_input_fails_with_a_clear_error(
 def test_a_night_without_data_completes_saying_so(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_batch.pipeline import last_night
+    from s2v_batch.pipeline.steps import last_night
     from s2v_flows.nightly import nightly_flow
 
     model = str(make_test_model("flows-a", "1", 1))
@@ -262,7 +262,7 @@ def test_a_night_without_data_completes_saying_so(
 def test_retries_transient_errors_but_not_bad_input(prefect_harness):
     from prefect import flow, task
 
-    from s2v_batch.ingest import IngestError
+    from s2v_batch.ingest.driver import IngestError
     from s2v_flows.nightly import TASK
 
     calls: list[str] = []
@@ -290,8 +290,8 @@ def test_retries_transient_errors_but_not_bad_input(prefect_harness):
 def test_backfill_skips_complete_nights_and_isolates_a_failing_one(
     prefect_harness, raw, address, make_test_model, tmp_path
 ):
-    from s2v_batch import sink
-    from s2v_batch import store as zstore
+    from s2v_batch.store import dataset as zstore
+    from s2v_batch.store import scores as sink
     from s2v_flows.backfill import BackfillError, backfill_flow
 
     model_a = str(make_test_model("flows-a", "1", 1))
@@ -369,7 +369,7 @@ def test_demo_simulates_runs_and_reuses_everything(
 
 
 def test_demo_refuses_a_foreign_raw_folder(tmp_path):
-    from s2v_batch.demo import DemoError
+    from s2v_batch.sim.demo import DemoError
     from s2v_flows.demo import run_demo
 
     (tmp_path / "raw").mkdir()
@@ -394,7 +394,7 @@ def test_demo_refuses_a_foreign_raw_folder(tmp_path):
 def test_last_night_is_the_night_that_began_the_evening_before(when):
     from zoneinfo import ZoneInfo
 
-    from s2v_batch.nights import OBSERVATORY_TZ, last_night
+    from s2v_batch.core.nights import OBSERVATORY_TZ, last_night
 
     night = last_night(when, OBSERVATORY_TZ)
     local = when.astimezone(ZoneInfo(OBSERVATORY_TZ))
@@ -404,7 +404,7 @@ def test_last_night_is_the_night_that_began_the_evening_before(when):
 
 
 def test_resolve_night():
-    from s2v_batch.nights import NightError, resolve_night
+    from s2v_batch.core.nights import NightError, resolve_night
 
     assert resolve_night(20130901) == resolve_night("20130901") == 20130901
     assert isinstance(resolve_night(None), int) and resolve_night("last") == resolve_night(None)
@@ -418,7 +418,7 @@ def test_resolve_night():
 def test_prefect_yaml_deploys_the_nightly_flow_with_its_config(monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
-    from s2v_batch.config import PipelineConfig
+    from s2v_batch.core.config import PipelineConfig
     from s2v_flows.nightly import NIGHTLY_CRON, OBSERVATORY_TZ, nightly_flow
 
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2v_batch.cluster import gpu_count
+from s2v_batch.pipeline.cluster import gpu_count
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,11 +26,11 @@ TOLERANCE = {False: 1e-2, True: 5e-2}  # by mixed_precision
 
 def test_cuda_cluster_scores_like_the_cpu(tmp_path, make_test_model):
     pytest.importorskip("dask_cuda")
-    from s2v_batch import store as zstore
-    from s2v_batch.cluster import load_spec, open_client
-    from s2v_batch.config import ScoreConfig
-    from s2v_batch.scoring import score
-    from s2v_batch.simulator import simulate_stamps
+    from s2v_batch.core.config import ScoreConfig
+    from s2v_batch.pipeline.cluster import load_spec, open_client
+    from s2v_batch.scoring.driver import score
+    from s2v_batch.sim.simulator import simulate_stamps
+    from s2v_batch.store import dataset as zstore
 
     model = make_test_model("gpu-test", "1", 0)
     batch = simulate_stamps(3000, np.random.default_rng(0))

@@ -21,13 +21,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from s2v_batch import store as zstore
-from s2v_batch.config import IngestConfig
-from s2v_batch.conventions import CHANNELS
-from s2v_batch.decode import FILL_1E30, StampError, combine_channels, decode_fits, decode_gif
-from s2v_batch.ingest import IngestError, ingest
-from s2v_batch.simulator import fits_bytes, render_gif, simulate
-from s2v_batch.staging import plan_shards
+from s2v_batch.core.config import IngestConfig
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.formats.decode import (
+    FILL_1E30,
+    StampError,
+    combine_channels,
+    decode_fits,
+    decode_gif,
+)
+from s2v_batch.ingest.driver import IngestError, ingest
+from s2v_batch.ingest.staging import plan_shards
+from s2v_batch.sim.simulator import fits_bytes, render_gif, simulate
+from s2v_batch.store import dataset as zstore
 
 CFG = IngestConfig(unit_stamps=64, shard_stamps=128, chunk_stamps=32)
 
@@ -617,7 +623,7 @@ _GIF = render_gif(np.random.default_rng(4).normal(100, 30, (51, 51)).astype(np.f
 
 
 def test_giflib_and_pillow_decode_the_same_pixels():
-    import s2v_batch.decode as stamps
+    import s2v_batch.formats.decode as stamps
 
     pytest.importorskip("imagecodecs")
     w, h, bits, interlace, palette, offset, full = stamps._gif_image_block(_GIF)

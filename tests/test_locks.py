@@ -12,16 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2v_batch import sink
-from s2v_batch import store as zstore
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.fsutil import StoreBusyError, exclusive
-from s2v_batch.ingest import ingest
-from s2v_batch.scoring import score
-from s2v_batch.simulator import simulate
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.core.faults import StoreBusyError
+from s2v_batch.core.fsutil import exclusive
+from s2v_batch.ingest.driver import ingest
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.simulator import simulate
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 HOLD = (
-    "import sys; from s2v_batch.fsutil import exclusive\n"
+    "import sys; from s2v_batch.core.fsutil import exclusive\n"
     "with exclusive(sys.argv[1], 'test'):\n"
     "    print('held', flush=True); sys.stdin.read()\n"
 )
@@ -143,7 +144,7 @@ def test_two_scorers_of_one_night_in_one_process_take_turns(raw, tmp_path, dask_
 
 def test_the_open_files_limit_is_raised_for_many_night_locks():
     code = (
-        "import resource; from s2v_batch.fsutil import ensure_open_files\n"
+        "import resource; from s2v_batch.core.fsutil import ensure_open_files\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
         "ensure_open_files(300)\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"

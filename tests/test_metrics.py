@@ -1,4 +1,4 @@
-"""Tests of s2v_batch.metrics (published figures, exact metrics) and s2v_batch.histogram."""
+"""Tests of s2v_batch.metrics.classification (published figures, exact metrics) and s2v_batch.metrics.histogram."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch import metrics as m
-from s2v_batch import timesaved
-from s2v_batch.histogram import ScoreHistogram
-from s2v_batch.metrics import Confusion, MetricsError
+from s2v_batch.metrics import classification as m
+from s2v_batch.metrics import timesaved
+from s2v_batch.metrics.classification import Confusion, MetricsError
+from s2v_batch.metrics.histogram import ScoreHistogram
 
 # -- strategies -------------------------------------------------------------------------------
 

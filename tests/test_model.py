@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from s2v_batch import model as M
-from s2v_batch.conventions import CHANNELS
-from s2v_batch.decode import combine_channels, decode_gif
-from s2v_batch.simulator import render_gif, simulate_stamps
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.formats.decode import combine_channels, decode_gif
+from s2v_batch.sim.simulator import render_gif, simulate_stamps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -430,7 +430,7 @@ def test_reading_a_card_imports_no_keras_or_tensorflow() -> None:
         """
         import sys
         import s2v_batch.model
-        from s2v_batch.config import TrainConfig
+        from s2v_batch.core.config import TrainConfig
         from s2v_batch.model import ModelCard, default_model_path, load_card
         card = load_card(default_model_path())
         assert ModelCard.from_json(card.to_json()) == card
@@ -445,7 +445,7 @@ def test_reading_a_card_imports_no_keras_or_tensorflow() -> None:
 
 
 @pytest.mark.parametrize(
-    "entry", ["from s2v_batch.model import Predictor", "import s2v_batch.train"]
+    "entry", ["from s2v_batch.model import Predictor", "import s2v_batch.training.loop"]
 )
 def test_onednn_is_on_before_tensorflow_loads(entry: str) -> None:
     """The predictor and training both import Keras through model.backend, which sets oneDNN."""

@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2v_batch import sink
-from s2v_batch import store as zstore
-from s2v_batch.alertsim import simulate_alerts
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.ingest import ingest
-from s2v_batch.inputs import InputError, resolve_inputs
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.ingest.driver import ingest
+from s2v_batch.ingest.rawtree import Discovery
 from s2v_batch.model.artifact import (
     ModelArtifactError,
     ModelCard,
@@ -25,10 +22,13 @@ from s2v_batch.model.artifact import (
     shipped_model_for,
     shipped_models_dir,
 )
-from s2v_batch.pipeline import NightPlan, Plan, for_plan
-from s2v_batch.rawtree import Discovery
-from s2v_batch.scoring import score
-from s2v_batch.simulator import simulate_stamps
+from s2v_batch.pipeline.inputs import InputError, resolve_inputs
+from s2v_batch.pipeline.steps import NightPlan, Plan, for_plan
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.alerts import simulate_alerts
+from s2v_batch.sim.simulator import simulate_stamps
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 CFG = IngestConfig(unit_stamps=16, shard_stamps=64, chunk_stamps=32)
 SCORE = ScoreConfig(part_stamps=32, batch_size=32)
@@ -171,8 +171,8 @@ def test_the_pipeline_picks_the_same_way(tmp_path):
 
 
 def test_training_writes_the_survey_and_refuses_a_mix(mixed_store, tmp_path):
-    from s2v_batch.config import TrainConfig
-    from s2v_batch.train import TrainingError, _survey_of_night, train
+    from s2v_batch.training.config import TrainConfig
+    from s2v_batch.training.loop import TrainingError, _survey_of_night, train
 
     assert _survey_of_night(mixed_store / "ZTF2024" / "20240101.zarr") == "ztf"
     assert _survey_of_night(mixed_store / "Y1" / "20130901.zarr") == "des"

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from s2v_batch import nightstate, pipeline, sink
-from s2v_batch import store as zstore
+from s2v_batch.pipeline import steps as pipeline
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
+from s2v_batch.store import state as nightstate
 
 STAMPS = 60
 
@@ -20,7 +22,7 @@ STAMPS = 60
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Y1 with two gif nights, Y2 with one fits night."""
-    from s2v_batch.simulator import simulate
+    from s2v_batch.sim.simulator import simulate
 
     root = tmp_path_factory.mktemp("raw")
     y1 = simulate(root, season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=21)
@@ -37,7 +39,7 @@ def _inputs(raw_root: Path, base: Path, model: Path | None = None) -> pipeline.R
 def test_plan_walks_the_raw_tree_once_and_says_what_is_done(
     raw, dask_client, make_test_model, tmp_path, monkeypatch
 ):
-    import s2v_batch.rawtree as rawtree
+    import s2v_batch.ingest.rawtree as rawtree
 
     model_a, model_b = make_test_model("plan", "1", 1), make_test_model("plan", "2", 2)
     inputs = _inputs(raw["root"], tmp_path, model_a)
@@ -84,7 +86,7 @@ def test_plan_walks_the_raw_tree_once_and_says_what_is_done(
 
 
 def test_a_nightly_plan_enters_only_its_own_night(raw, tmp_path, monkeypatch):
-    import s2v_batch.rawtree as rawtree
+    import s2v_batch.ingest.rawtree as rawtree
 
     visited: list[str] = []
     real_walk = os.walk
@@ -112,7 +114,7 @@ def test_plan_night_reports_missing_data_and_waits_for_late_data(raw, tmp_path):
     newest = max(n for _, n in raw["nights"])  # every simulated night is earlier: the newest named
     assert gap.reason.endswith(f"(latest earlier night folder there: {newest})")
     late = tmp_path / "late-raw"
-    from s2v_batch.simulator import simulate
+    from s2v_batch.sim.simulator import simulate
 
     first = simulate(late, season="Y1", nights=1, stamps_per_night=5, seed=3).nights[0]
     late_inputs = _inputs(late, tmp_path / "late-out")

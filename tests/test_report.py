@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from report_rows import PNG_MAGIC, SHA, concat, make_night, write_part
 
-from s2v_batch import metrics as m
-from s2v_batch import timesaved
-from s2v_batch.histogram import ScoreHistogram
+from s2v_batch.metrics import classification as m
+from s2v_batch.metrics import timesaved
+from s2v_batch.metrics.histogram import ScoreHistogram
 from s2v_batch.report import REPORT_FILES, ReportError, write_reports
 from s2v_batch.report.content import provenance as _provenance
 

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from s2v_batch.alertsim import simulate_alerts
-from s2v_batch.config import IngestConfig, ScoreConfig
-from s2v_batch.ingest import ingest
+from s2v_batch.core.config import IngestConfig, ScoreConfig
+from s2v_batch.ingest.driver import ingest
 from s2v_batch.model.artifact import default_model_path
 from s2v_batch.report import write_reports
-from s2v_batch.scoring import score
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.alerts import simulate_alerts
 
 CFG = IngestConfig(unit_stamps=32, shard_stamps=64, chunk_stamps=32, rubin_stamp_size=51)
 SCORE = ScoreConfig(part_stamps=64, batch_size=64)
@@ -110,7 +110,7 @@ def test_rubin_reports_show_the_agreement_with_reliability(client, tmp_path):
 
 
 def test_des_reports_have_no_agreement_section(client, tmp_path):
-    from s2v_batch.simulator import simulate
+    from s2v_batch.sim.simulator import simulate
 
     sim = simulate(tmp_path / "raw", season="Y1", nights=1, stamps_per_night=60, fmt="gif", seed=4)
     ingest(sim.out, tmp_path / "store", client, labels=sim.out / "autoscan_features.3.csv",

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch import store as zstore
 from s2v_batch.report.nights import MIN_NIGHTS, flag_nights
+from s2v_batch.store import dataset as zstore
 
 
 def rows(counts: list[tuple[int, int]]) -> list[dict]:

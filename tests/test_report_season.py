@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from s2v_batch import store as zstore
-from s2v_batch.cli import main
-from s2v_batch.config import ConfigError, ReportConfig, ScoreConfig
+from s2v_batch.cli.main import main
+from s2v_batch.core.config import ConfigError, ReportConfig, ScoreConfig
 from s2v_batch.report import write_reports
 from s2v_batch.report.gallery import stretch, tiebreak
-from s2v_batch.scoring import score
-from s2v_batch.simulator import simulate_stamps
+from s2v_batch.scoring.driver import score
+from s2v_batch.sim.simulator import simulate_stamps
+from s2v_batch.store import dataset as zstore
 
 SEASON = "Y1"
 NIGHTS = [20130901 + i for i in range(20)]

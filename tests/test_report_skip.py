@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from report_rows import SHA, make_night, write_part
 
-from s2v_batch import sink
 from s2v_batch.report import REPORT_FILES, rerender, write_reports
+from s2v_batch.store import scores as sink
 
 NIGHTS = (20140901, 20140902, 20140903)
 

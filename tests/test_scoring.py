@@ -18,11 +18,11 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch import sink
-from s2v_batch import store as zstore
-from s2v_batch.config import ScoreConfig
-from s2v_batch.scoring import ScoringError, WarmUp, prefetched_blocks, score
-from s2v_batch.simulator import simulate_stamps
+from s2v_batch.core.config import ScoreConfig
+from s2v_batch.scoring.driver import ScoringError, WarmUp, prefetched_blocks, score
+from s2v_batch.sim.simulator import simulate_stamps
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
 
 N_STAMPS = 1500
 SHARD = 128
@@ -320,7 +320,7 @@ def test_a_listing_taken_before_a_swap_never_reads_a_mix(
 def test_replace_dir_without_an_atomic_exchange(monkeypatch, client, stored, models, tmp_path):
     """Where renameat2(RENAME_EXCHANGE) is missing, replace_dir does two renames: the night may
     be absent for a moment, but the new rows replace the old whole, and nothing is left behind."""
-    from s2v_batch import fsutil
+    from s2v_batch.core import fsutil
 
     calls: list[tuple] = []
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from s2v_batch.conventions import CHANNELS
-from s2v_batch.labels import read_labels
-from s2v_batch.simphysics import MAX_SNR
-from s2v_batch.simulator import (
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.ingest.labels import read_labels
+from s2v_batch.sim.physics import MAX_SNR
+from s2v_batch.sim.simulator import (
     DES,
     FILL_1E30,
     KINDS,
@@ -498,7 +498,7 @@ def test_gif_scaling_and_masks() -> None:
 
 
 def test_gif_matches_the_ingest_decoder(batch) -> None:
-    from s2v_batch.decode import decode_gif
+    from s2v_batch.formats.decode import decode_gif
 
     data = render_gif(batch.pixels[0, :, :, 0], "srch")
     np.testing.assert_array_equal(decode_gif(data, 51), _gif_pixels(data))
@@ -667,8 +667,8 @@ def test_tar_layout(tmp_path: Path, member: str) -> None:
 
 
 def test_pack_night_as_tar_gives_the_survey_layout_that_ingest_reads(tmp_path: Path) -> None:
-    from s2v_batch.rawtree import discover
-    from s2v_batch.stamps import read_unit
+    from s2v_batch.ingest.rawtree import discover
+    from s2v_batch.ingest.stamps import read_unit
 
     kw = {"season": "Y1", "nights": 2, "stamps_per_night": 40, "fmt": "gif", "seed": 9}
     runs = [simulate(tmp_path / x, **kw) for x in "ab"]
@@ -796,8 +796,8 @@ def test_existing_csv_with_other_columns_is_refused(tmp_path: Path) -> None:
 
 
 def test_ingest_reads_every_simulated_stamp(gif_run: SimulationSummary) -> None:
-    from s2v_batch.rawtree import discover
-    from s2v_batch.stamps import read_unit
+    from s2v_batch.ingest.rawtree import discover
+    from s2v_batch.ingest.stamps import read_unit
 
     disc = discover(gif_run.out)
     assert not disc.unplaced

@@ -113,10 +113,10 @@ def slurm() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> dict[str, Any]:
     """Two simulated nights, and their scores from a LocalCluster run (the reference)."""
-    from s2v_batch.config import PipelineConfig
-    from s2v_batch.ingest import ingest
-    from s2v_batch.scoring import score
-    from s2v_batch.simulator import simulate
+    from s2v_batch.core.config import PipelineConfig
+    from s2v_batch.ingest.driver import ingest
+    from s2v_batch.scoring.driver import score
+    from s2v_batch.sim.simulator import simulate
 
     base = tmp_path_factory.mktemp("slurm-nights")
     sim = simulate(base / "raw", season="Y1", nights=2, stamps_per_night=STAMPS, fmt="gif", seed=21)
@@ -192,7 +192,7 @@ def test_slurm_cpu_spec_renders_a_cpu_job_for_the_dev_cluster(tmp_path, monkeypa
     import dataclasses
     import re
 
-    from s2v_batch.cluster import load_spec, make_cluster
+    from s2v_batch.pipeline.cluster import load_spec, make_cluster
 
     monkeypatch.chdir(tmp_path)  # log_directory is relative
     spec = load_spec(SPEC)

@@ -15,11 +15,12 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch import encoding as enc
-from s2v_batch import nightstate, sink
-from s2v_batch import store as zstore
-from s2v_batch.config import ConfigError, IngestConfig
-from s2v_batch.shardread import CorruptShardError, StampReader
+from s2v_batch.core import encoding as enc
+from s2v_batch.core.config import ConfigError, IngestConfig
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
+from s2v_batch.store import state as nightstate
+from s2v_batch.store.shardread import CorruptShardError, StampReader
 
 N = 1000  # not a multiple of the shard (256) nor of the chunk (64)
 

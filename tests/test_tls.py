@@ -127,7 +127,7 @@ class DaskApart:
     def __init__(self, root: Path, pki: dict[str, Path]) -> None:
         from distributed.security import Security
 
-        from s2v_batch.cluster import cpu_worker_env
+        from s2v_batch.pipeline.cluster import cpu_worker_env
 
         self.root, self.pki = root, pki
         self.procs: dict[str, subprocess.Popen] = {}
@@ -257,10 +257,10 @@ def dask_apart(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskAp
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> dict[str, Any]:
     """One stored night, and its scores from a LocalCluster run (the reference)."""
-    from s2v_batch.config import ScoreConfig
-    from s2v_batch.ingest import ingest
-    from s2v_batch.scoring import score
-    from s2v_batch.simulator import simulate
+    from s2v_batch.core.config import ScoreConfig
+    from s2v_batch.ingest.driver import ingest
+    from s2v_batch.scoring.driver import score
+    from s2v_batch.sim.simulator import simulate
 
     base = tmp_path_factory.mktemp("tls-night")
     simulate(base / "raw", season="Y1", nights=1, stamps_per_night=STAMPS, fmt="gif", seed=31)
@@ -312,7 +312,7 @@ def _client_files(pki: dict[str, Path], client: str = "client") -> dict[str, Pat
 
 
 def test_an_address_spec_reads_its_tls_files_beside_it(pki, tmp_path):
-    from s2v_batch.cluster import load_spec, security_of
+    from s2v_batch.pipeline.cluster import load_spec, security_of
 
     spec = load_spec(_spec(tmp_path / "site", "tls://127.0.0.1:8786", _client_files(pki)))
     certs = (tmp_path / "site" / "certs").resolve()
@@ -334,7 +334,7 @@ def test_an_address_spec_reads_its_tls_files_beside_it(pki, tmp_path):
 
 
 def test_bad_tls_address_specs_raise_cluster_errors(pki, tmp_path):
-    from s2v_batch.cluster import ClusterError, load_spec
+    from s2v_batch.pipeline.cluster import ClusterError, load_spec
 
     files = _client_files(pki)
     cases = {

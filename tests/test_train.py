@@ -1,4 +1,4 @@
-"""Tests of s2v_batch.trainingdata (splits, augmentation, streaming batches) and s2v_batch.train."""
+"""Tests of s2v_batch.training.data (splits, augmentation, streaming batches) and s2v_batch.training.loop."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s2v_batch import metrics
 from s2v_batch import model as M
-from s2v_batch import train as T
-from s2v_batch import trainingdata as D
-from s2v_batch.config import ConfigError, TrainConfig
-from s2v_batch.conventions import CHANNELS
-from s2v_batch.decode import combine_channels, decode_gif
-from s2v_batch.simulator import render_gif, simulate_stamps
-from s2v_batch.store import write_night
+from s2v_batch.core.config import ConfigError
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.formats.decode import combine_channels, decode_gif
+from s2v_batch.metrics import classification as metrics
+from s2v_batch.sim.simulator import render_gif, simulate_stamps
+from s2v_batch.store.dataset import write_night
+from s2v_batch.training import data as D
+from s2v_batch.training import loop as T
+from s2v_batch.training.config import TrainConfig
 
 # ----------------------------------------------------------------------------- splits
 
@@ -292,7 +293,7 @@ def test_shipped_card_records_a_valid_train_call(card_path: Path) -> None:
     import inspect
     import shlex
 
-    from s2v_batch.cliargs import build_parser
+    from s2v_batch.cli.args import build_parser
 
     card = M.load_card(card_path.with_suffix(".keras"))
     td = card.training_data

@@ -65,7 +65,7 @@ echo "== imports of the GPU path"
 imports_rc=0
 python3 -c "
 import sys
-import s2v_batch.scoring, s2v_batch.cli, distributed, dask_cuda, zarr, keras
+import s2v_batch.scoring.driver, s2v_batch.cli.main, distributed, dask_cuda, zarr, keras
 heavy = [m for m in ('prefect', 'astropy', 'tensorflow') if m in sys.modules]
 print('ok: keras', keras.__version__, keras.backend.backend(), '| zarr', zarr.__version__,
       '| dask_cuda', dask_cuda.__version__, '| not imported: prefect, astropy, tensorflow' if not heavy else heavy)

@@ -21,8 +21,7 @@ s2v_batch.model import Predictor`` brings in Keras as it needs to.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from s2v_batch.core.lazy import lazy_exports
 
 #: Public name -> the submodule that owns it.
 _OWNERS: dict[str, str] = {
@@ -54,15 +53,4 @@ _OWNERS: dict[str, str] = {
 
 __all__ = sorted(_OWNERS)
 
-
-def __getattr__(name: str) -> Any:
-    owner = _OWNERS.get(name)
-    if owner is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
-    globals()[name] = value  # found once; later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_OWNERS))
+__getattr__, __dir__ = lazy_exports(__name__, _OWNERS, globals())

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..conventions import CHANNELS
-from .artifact import DEFAULT_INPUT_SHAPE
-from .backend import keras
-from .layers import NonFiniteGuard, StampNormalization
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.model.artifact import DEFAULT_INPUT_SHAPE
+from s2v_batch.model.backend import keras
+from s2v_batch.model.layers import NonFiniteGuard, StampNormalization
 
 layers = keras.layers
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..conventions import CHANNELS, STAMP_SIZE
+from s2v_batch.core.conventions import CHANNELS, STAMP_SIZE
 
 if TYPE_CHECKING:
     import keras
@@ -236,7 +236,8 @@ def save_artifact(model: keras.Model, card: ModelCard, out_dir: str | os.PathLik
     ModelArtifactError
         For a name or version that cannot be a file name.
     """
-    from .backend import keras
+    # Keras only now: reading a card must not import TensorFlow
+    from s2v_batch.model.backend import keras
 
     check_name(card.name, "name")
     check_name(card.version, "version")
@@ -329,8 +330,7 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[keras.Model, ModelCard]
             "another model; refusing to load it"
         )
     # Keras only now, the file checked; the layers module registers the classes it names.
-    from . import layers  # noqa: F401
-    from .backend import keras
+    from s2v_batch.model.backend import keras
 
     try:
         model = keras.saving.load_model(keras_path, safe_mode=True, compile=False)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..conventions import CHANNELS
-from .architectures import FLOAT32_LAYERS
-from .artifact import ModelCard, default_model_path, load_artifact
-from .backend import keras
-from .layers import StampNormalization
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.model.architectures import FLOAT32_LAYERS
+from s2v_batch.model.artifact import ModelCard, default_model_path, load_artifact
+from s2v_batch.model.backend import keras
+from s2v_batch.model.layers import StampNormalization
 
 layers = keras.layers
 

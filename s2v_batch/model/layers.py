@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import keras
+from s2v_batch.model.backend import keras
 
 layers, ops = keras.layers, keras.ops
 

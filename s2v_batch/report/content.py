@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..timesaved import time_saved
-from .tally import MAX_DISTINCT, Tally
+from s2v_batch import __version__
+from s2v_batch.metrics.timesaved import time_saved
+from s2v_batch.report.tally import MAX_DISTINCT, Tally
 
 #: Files written for every season and every night.
 REPORT_FILES: dict[str, str] = {

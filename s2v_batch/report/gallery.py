@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import store as zstore
-from ..conventions import LABEL_ARTIFACT, LABEL_REAL
+from s2v_batch.core.conventions import LABEL_ARTIFACT, LABEL_REAL
+from s2v_batch.store import dataset as zstore
 
 #: Gallery kinds, in page order: (kind, title, what it answers).
 KINDS: tuple[tuple[str, str, str], ...] = (

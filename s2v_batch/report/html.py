@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from .content import REPORT_FILES
+from s2v_batch import __version__
+from s2v_batch.report.content import REPORT_FILES
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:62em;

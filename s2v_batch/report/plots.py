@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..agreement import Agreement
-from ..histogram import ScoreHistogram
-from ..metrics import STANDARD_FPRS, Confusion
+from s2v_batch.metrics.agreement import Agreement
+from s2v_batch.metrics.classification import STANDARD_FPRS, Confusion
+from s2v_batch.metrics.histogram import ScoreHistogram
 
 _CLASS_STYLE = (("real", 0, "tab:orange"), ("artifact", 1, "tab:blue"), ("unknown", 2, "0.45"))
 

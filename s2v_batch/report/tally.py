@@ -1,12 +1,12 @@
 """Reading the scores night by night into exact counts and a streaming score histogram.
 
-The scores tree is sink.py's: :func:`s2v_batch.sink.published_nights` lists each published night's
+The scores tree is sink.py's: :func:`s2v_batch.store.scores.published_nights` lists each published night's
 part files (staging, manifests and hidden files ignored). Each night is read file by file and batch
 by batch, only the needed columns, so memory stays flat whatever the season size. Counts at the
 stored threshold (TP/FP/TN/FN, candidates) are exact, taken from ``is_candidate``; ROC AUC and the
-operating points come from the :class:`~s2v_batch.metrics.ScoreHistogram`. Where the scores carry
+operating points come from the :class:`~s2v_batch.metrics.classification.ScoreHistogram`. Where the scores carry
 the survey's own score (ZTF ``drb``, Rubin ``reliability``), the agreement of s2v's candidates with
-it is tallied too (:class:`~s2v_batch.agreement.Agreement`); DES scores have no such column.
+it is tallied too (:class:`~s2v_batch.metrics.agreement.Agreement`); DES scores have no such column.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import sink
-from ..agreement import SURVEY_SCORE, Agreement
-from ..conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
-from ..histogram import DEFAULT_BINS, ScoreHistogram
-from ..metrics import Confusion, MetricsError
-from .gallery import Picks
+from s2v_batch.core.conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
+from s2v_batch.metrics.agreement import SURVEY_SCORE, Agreement
+from s2v_batch.metrics.classification import Confusion, MetricsError
+from s2v_batch.metrics.histogram import DEFAULT_BINS, ScoreHistogram
+from s2v_batch.report.gallery import Picks
+from s2v_batch.store import scores as sink
 
 
 class ReportError(ValueError):

@@ -26,12 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ReportConfig
-from ..fsutil import write_bytes_atomic
-from . import content, gallery, html, plots
-from . import nights as nights_mod
-from .content import REPORT_FILES, SEASON_FILES
-from .tally import ReportError, Tally, discover, night_identity, read_night, season_key
+from s2v_batch.core.config import ReportConfig
+from s2v_batch.core.fsutil import write_bytes_atomic
+from s2v_batch.report import content, gallery, html, plots
+from s2v_batch.report import nights as nights_mod
+from s2v_batch.report.content import REPORT_FILES, SEASON_FILES
+from s2v_batch.report.tally import (
+    ReportError,
+    Tally,
+    discover,
+    night_identity,
+    read_night,
+    season_key,
+)
 
 #: ``ReportSummary.status`` values.
 WRITTEN, UNCHANGED = "written", "unchanged"

@@ -1,0 +1,1 @@
+"""Raw stamps and alert inputs to Zarr nights: discovery, reading, staging, assembly, the driver."""

@@ -1,0 +1,156 @@
+"""Assembling a night: which staged stamps it keeps (season-wide duplicate IDs quarantined,
+labels joined, alert fields kept), and its partial dataset, created empty for the shard tasks.
+
+The ingest driver (:mod:`s2v_batch.ingest.driver`) plans a night here after its units are staged, fills
+the shards on workers (:func:`s2v_batch.ingest.staging.assemble_shard`), then verifies and publishes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2v_batch.core.config import IngestConfig
+from s2v_batch.core.conventions import survey_of_season
+from s2v_batch.core.surveys import alert_columns, get_survey
+from s2v_batch.ingest.labels import Labels
+from s2v_batch.ingest.staging import plan_shards
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import state as nightstate
+
+
+@dataclass
+class NightAssembly:
+    """A night being assembled: its partial dataset, shard tasks and quarantine records."""
+
+    season: str
+    night: int
+    night_fp: str
+    staging: Path
+    partial: Path
+    final: Path
+    shards: list[tuple[int, list[tuple[str, np.ndarray]]]]
+    quarantine: list[dict[str, Any]]
+    n_found: int
+    stamp_id: np.ndarray
+
+
+def plan_night(
+    key: tuple[str, int],
+    units: list[dict[str, Any]],
+    first_seen: dict[int, str],
+    lab: Labels | None,
+    night_fp: str,
+    store_root: Path,
+    cfg: IngestConfig,
+) -> NightAssembly:
+    """Choose the stamps a night keeps, and create its partial dataset (``stamps`` still empty).
+
+    Parameters
+    ----------
+    key : tuple of (str, int)
+        The night's season and night.
+    units : list of dict
+        The night's staged units (``staging.staged_files`` metadata), in unit order.
+    first_seen : dict
+        ``stamp_id -> path`` of the season's stamps kept so far; a stamp ID seen before is
+        quarantined as a duplicate, and the kept ones are added.
+    lab : Labels, optional
+        The labels to join (None: every label -1).
+    night_fp : str
+        The night's fingerprint (:func:`s2v_batch.store.state.night_fingerprint`).
+    store_root : pathlib.Path
+    cfg : IngestConfig
+
+    Returns
+    -------
+    NightAssembly
+    """
+    season, night = key
+    quarantine: list[dict[str, Any]] = []
+    keep_ids, keep_frac, pieces_all = [], [], []
+    survey = survey_of_season(season)
+    keep_meta: dict[str, list[np.ndarray]] = {c.name: [] for c in get_survey(survey).columns}
+    n_found = 0
+    dtype = np.uint8
+    for meta in units:
+        n_found += meta["n_found"]
+        for q in meta["quarantine"]:
+            quarantine.append({"season": season, "night": night, **q})
+        rows = []
+        for j, (sid, path) in enumerate(zip(meta["stamp_id"].tolist(), meta["paths"], strict=True)):
+            prev = first_seen.get(sid)
+            if prev is not None:
+                reason = f"duplicate stamp_id in season {season} (first seen: {prev})"
+                quarantine.append(
+                    {
+                        "stamp_id": sid,
+                        "season": season,
+                        "night": night,
+                        "path": path,
+                        "reason": reason,
+                    }
+                )
+                continue
+            first_seen[sid] = path
+            rows.append(j)
+        if rows:
+            rows_a = np.asarray(rows, dtype=np.int64)
+            keep_ids.append(meta["stamp_id"][rows_a])
+            keep_frac.append(meta["masked_fraction"][rows_a])
+            for name, parts in keep_meta.items():
+                parts.append(meta.get("meta", {})[name][rows_a])
+            pieces_all.append((meta["npy"], rows_a))
+            if meta["dtype"] != "uint8":
+                dtype = np.float32
+    stamp_id = np.concatenate(keep_ids) if keep_ids else np.zeros(0, np.int64)
+    frac = np.concatenate(keep_frac) if keep_frac else np.zeros(0, np.float32)
+    label = lab.lookup(stamp_id) if lab is not None else np.full(len(stamp_id), -1, np.int8)
+    extra = alert_columns(get_survey(survey), keep_meta)
+    final = zstore.night_path(store_root, season, night)
+    partial = zstore.partial_path(final)
+    zstore.create_night(
+        partial,
+        n_stamps=len(stamp_id),
+        dtype=dtype,
+        size=stamp_size(cfg, season),
+        stamp_id=stamp_id,
+        label=label,
+        masked_fraction=frac,
+        season=season,
+        night=night,
+        attrs={
+            "n_quarantined": len(quarantine),
+            "n_found": n_found,
+            nightstate.FINGERPRINT_ATTR: nightstate.stored_fingerprint(
+                night_fp, dtype, cfg.float_encoding
+            ),
+            "source_format": "fits" if dtype == np.float32 else "gif",
+            "labelled": lab is not None,
+            "survey": survey,
+        },
+        extra=extra,
+        shard_stamps=cfg.shard_stamps,
+        chunk_stamps=cfg.chunk_stamps,
+        float_encoding=cfg.float_encoding,
+    )
+    return NightAssembly(
+        season=season,
+        night=night,
+        night_fp=night_fp,
+        staging=zstore.staging_dir(store_root, season, night, night_fp),
+        partial=partial,
+        final=final,
+        shards=plan_shards(pieces_all, cfg.shard_stamps),
+        quarantine=quarantine,
+        n_found=n_found,
+        stamp_id=stamp_id,
+    )
+
+
+def stamp_size(cfg: IngestConfig, season: str) -> int:
+    """The stamp edge of a season's survey."""
+    return cfg.size_for(survey_of_season(season))

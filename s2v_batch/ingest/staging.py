@@ -1,0 +1,227 @@
+"""Staged units of an ingest: the worker-side functions between raw stamps and a night dataset.
+
+A unit is decoded once into the night's staging folder (:func:`stage_unit`: pixels as ``.npy``,
+then its metadata as ``.meta.npz``, each through a rename, the metadata last), so an interrupted
+ingest reuses it. The night's shards are then filled from the staged pixels
+(:func:`assemble_shard`) in the order :func:`plan_shards` fixes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from s2v_batch.core.conventions import CHANNELS
+from s2v_batch.core.fsutil import atomic_path
+from s2v_batch.ingest.alertunits import read_alert_unit
+from s2v_batch.ingest.stamps import read_unit
+from s2v_batch.ingest.units import STAMP_FILE_RE, Unit
+from s2v_batch.store import dataset as zstore
+
+_META = "meta__"
+
+
+def staged_files(unit: Unit, staging: str | Path) -> tuple[Path, Path]:
+    """The staged pixel and metadata files of a unit, named by what the unit holds.
+
+    The name carries a digest of the unit's archive or stamp files, so a re-run that cuts the
+    night into other units (another ``unit_stamps``) never takes a staged unit for another.
+    """
+    key = repr((unit.archive, unit.stamps)).encode()
+    return zstore.staged_unit(staging, f"{unit.name}-{hashlib.sha256(key).hexdigest()[:12]}")
+
+
+def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
+    """Decode one unit into the staging folder (or reuse it there); return its IDs and quarantine.
+
+    Runs on a worker. The returned dict is small: IDs, source paths and quarantine records.
+    """
+    npy, meta_path = staged_files(unit, staging)
+    if meta_path.is_file():
+        try:
+            return _load_meta(meta_path, npy)
+        except Exception:
+            pass  # a damaged staged unit is simply decoded again
+    if unit.survey == "des":
+        data = read_unit(unit, size)
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+            save_npy(f, data.pixels)
+        dtype = str(data.pixels.dtype)
+    else:
+        # A nightly alert archive is one unit of up to a million stamps: written as they come.
+        with atomic_path(npy) as tmp, NpyRows(tmp, (size, size, 3), np.float32) as rows:
+            data = read_alert_unit(unit, size, emit=rows.append)
+        dtype = "float32"
+    meta = {
+        "stamp_id": data.stamp_id,
+        "masked_fraction": data.masked_fraction,
+        "paths": np.asarray(data.paths, dtype=object).astype(str),
+        "quarantine": np.asarray(json.dumps(data.quarantine)),
+        "n_found": np.asarray(data.n_found),
+        "dtype": np.asarray(dtype),
+        # Alert fields kept per stamp (strings as fixed-width unicode: no pickle needed).
+        **{_META + k: v for k, v in data.meta.items()},
+    }
+    # Written last: its presence says the unit is staged whole.
+    with atomic_path(meta_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **meta)
+    return _load_meta(meta_path, npy)
+
+
+class NpyRows:
+    """An ``.npy`` file written row by row: the header is written first with room for any
+    length and rewritten in place, with the final length, on close (a valid npy v1.0 file,
+    readable with ``np.load(mmap_mode="r")``)."""
+
+    _HEADER = 128  # bytes, magic included: a multiple of 64 as the format asks
+
+    def __init__(self, path: str | Path, row_shape: tuple[int, ...], dtype: Any):
+        self.row_shape = tuple(int(v) for v in row_shape)
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self._f = open(path, "wb")
+        self._f.write(self._header())
+
+    def _header(self) -> bytes:
+        shape = (self.n, *self.row_shape)
+        text = f"{{'descr': {self.dtype.str!r}, 'fortran_order': False, 'shape': {shape}, }}"
+        body = text.ljust(self._HEADER - 10 - 1) + "\n"
+        if len(body) + 10 != self._HEADER:
+            raise ValueError(f"npy header too long for shape {shape}")
+        return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+    def append(self, row: np.ndarray) -> None:
+        """Write one row (of ``row_shape``)."""
+        row = np.asarray(row)
+        if row.shape != self.row_shape:
+            raise ValueError(f"row of shape {row.shape}, expected {self.row_shape}")
+        self._f.write(np.ascontiguousarray(row, dtype=self.dtype).tobytes())
+        self.n += 1
+
+    def __enter__(self) -> NpyRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._f.seek(0)
+                self._f.write(self._header())
+        finally:
+            self._f.close()
+
+
+def save_npy(f: BinaryIO, arr: np.ndarray) -> None:
+    """Write ``arr`` as a ``.npy`` file through Python's file object.
+
+    ``np.save`` writes the pixels with C ``fwrite`` and reports a full disk as a bare
+    ``OSError("N requested and M written")``; Python's ``write`` raises ``ENOSPC`` or ``EDQUOT``,
+    which the run reports as the full disk it is.
+    """
+    arr = np.ascontiguousarray(arr)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+    f.write(arr.reshape(-1).view(np.uint8).data)
+
+
+def _load_meta(path: Path, npy: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        out = {
+            "stamp_id": z["stamp_id"],
+            "masked_fraction": z["masked_fraction"],
+            "paths": z["paths"].tolist(),
+            "quarantine": json.loads(str(z["quarantine"])),
+            "n_found": int(z["n_found"]),
+            "dtype": str(z["dtype"]),
+            "npy": str(npy),
+            "meta": {k[len(_META) :]: z[k] for k in z.files if k.startswith(_META)},
+        }
+    if any(len(v) != len(out["stamp_id"]) for v in (out["paths"], *out["meta"].values())):
+        raise ValueError("inconsistent staged unit")
+    return out
+
+
+def assemble_shard(dest: str, start: int, pieces: list[tuple[str, np.ndarray]]) -> int:
+    """Copy the kept rows of staged units into the shard that starts at ``start``; return its size.
+
+    ``pieces`` are ``(npy path, row indices)`` in output order. Runs on a worker.
+    """
+    parts = [np.load(npy, mmap_mode="r")[rows] for npy, rows in pieces]
+    pixels = np.concatenate(parts) if parts else np.zeros((0,))
+    zstore.write_stamps(dest, start, pixels)
+    return len(pixels)
+
+
+def plan_shards(
+    pieces: list[tuple[str, np.ndarray]], shard_stamps: int
+) -> list[tuple[int, list[tuple[str, np.ndarray]]]]:
+    """Cut ordered ``(source, rows)`` pieces into whole output shards.
+
+    Returns ``(start, pieces)`` per shard: starts are multiples of ``shard_stamps``, every shard
+    but the last is full, and the rows keep their order.
+    """
+    shards: list[tuple[int, list[tuple[str, np.ndarray]]]] = []
+    start, current, filled = 0, [], 0
+    for src, rows in pieces:
+        off = 0
+        while off < len(rows):
+            take = min(shard_stamps - filled, len(rows) - off)
+            current.append((src, rows[off : off + take]))
+            filled += take
+            off += take
+            if filled == shard_stamps:
+                shards.append((start, current))
+                start += filled
+                current, filled = [], 0
+    if filled:
+        shards.append((start, current))
+    return shards
+
+
+# --------------------------------------------------------------------------- space
+
+
+def night_bytes(units: list[Unit], size: int, staging: str | Path) -> tuple[int, int]:
+    """Estimate the bytes an ingest of a night will write: ``(staging, dataset)``.
+
+    Every stamp is ``size * size * 3`` pixels of 1 byte (GIF) or 4 (FITS); it is written twice:
+    once staged (``.npy``, removed when the night is published) and once in the Zarr shards
+    (counted uncompressed: noise-dominated pixels barely compress). Staged units already on disk
+    count for the dataset only. The stamps of loose files are counted; those of a tar archive are
+    estimated from its size on disk and its first member (each channel is a 512-byte header plus
+    the file padded to 512 bytes), exact for FITS, close for GIF; an archive padded with junk
+    counts as more stamps than it holds (its junk is quarantined, never staged).
+    """
+    stage = dataset = 0
+    px = size * size * len(CHANNELS)
+    counts = [_unit_stamps(u, size) for u in units]
+    itemsize = 4 if any(fits for _, fits in counts) else 1  # one FITS unit makes it float32
+    for u, (n, fits) in zip(units, counts, strict=True):
+        npy, meta = staged_files(u, staging)
+        if not meta.is_file():
+            stage += n * px * (4 if fits else 1)
+        dataset += n * px * itemsize
+    return stage, dataset
+
+
+def _unit_stamps(unit: Unit, size: int) -> tuple[int, bool]:
+    """(stamps, whether FITS) of a unit: counted for loose files, estimated for an archive."""
+    if not unit.archive:
+        first = next((p for _, paths in unit.stamps for p in paths if p), "")
+        return len(unit.stamps), not first.lower().endswith(".gif")
+    try:
+        with tarfile.open(unit.archive, mode="r:") as tf:
+            member = next(
+                (m for m in tf if m.isfile() and STAMP_FILE_RE.match(Path(m.name).name)), None
+            )
+        st = Path(unit.archive).stat()
+        total = min(st.st_size, st.st_blocks * 512)  # a sparse hole takes no space to read
+    except (tarfile.TarError, EOFError):
+        return 0, False  # a damaged archive: read (and quarantined) by its worker
+    if member is None:
+        return 0, False
+    per_stamp = len(CHANNELS) * (512 + -(-member.size // 512) * 512)
+    return max(1, total // per_stamp), not member.name.lower().endswith(".gif")

@@ -1,0 +1,1 @@
+"""Runs of the steps: inputs checked once, the plan, the steps, the Dask cluster, summaries."""

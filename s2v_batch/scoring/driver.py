@@ -1,0 +1,393 @@
+"""Score stored stamps with the CNN on a Dask cluster: the driver, one task per part of a night.
+
+A task (:func:`s2v_batch.scoring.worker.score_shard`) scores ``part_stamps`` stamps of a night and
+writes one Parquet part with a deterministic name into the night's staging folder; when all its
+parts exist the night is published (:func:`s2v_batch.store.scores.publish_night`: merged into one sorted
+file, swapped in atomically), so a re-run after a killed worker or process redoes only the
+missing parts. Each worker loads the model once from its file path (never pickled through the
+scheduler); :class:`~s2v_batch.scoring.worker.WarmUp` has every worker import TensorFlow, load the
+model and trace it while the driver plans the nights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2v_batch.core.config import ScoreConfig
+from s2v_batch.core.conventions import survey_of_season
+from s2v_batch.core.faults import ensure_free_space
+from s2v_batch.core.fsutil import exclusive_all
+from s2v_batch.model import load_card
+from s2v_batch.scoring.checks import model_for_nights, nights_problem
+from s2v_batch.scoring.worker import (  # noqa: F401  (the worker side, re-exported)
+    WarmUp,
+    get_predictor,
+    nonfinite_reasons,
+    prefetched_blocks,
+    prefetched_reads,
+    score_block,
+    score_shard,
+    warm_up,
+)
+from s2v_batch.store import dataset as zstore
+from s2v_batch.store import scores as sink
+from s2v_batch.store import state as nightstate
+from s2v_batch.store.shardread import StampReader
+
+
+class ScoringError(ValueError):
+    """Scoring cannot start (bad arguments, nothing to score)."""
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class NightScore:
+    """The outcome for one night."""
+
+    season: str
+    night: int
+    status: str  # "scored" | "skipped"
+    n_stamps: int
+    n_candidates: int
+    n_errors: int
+    path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready summary (paths as strings)."""
+        return {
+            "season": self.season,
+            "night": self.night,
+            "status": self.status,
+            "n_stamps": self.n_stamps,
+            "n_candidates": self.n_candidates,
+            "n_errors": self.n_errors,
+            "path": str(self.path),
+        }
+
+
+@dataclass
+class ScoreSummary:
+    """The outcome of a scoring run."""
+
+    nights: list[NightScore] = field(default_factory=list)
+    seconds: float = 0.0
+    model: str = ""
+    #: Seconds from the start of :func:`score` to the first part written (None: none written).
+    first_part_seconds: float | None = None
+    #: Parts found finished in staging from an earlier, interrupted run (not scored again).
+    n_parts_resumed: int = 0
+
+    @property
+    def n_stamps(self) -> int:
+        return sum(n.n_stamps for n in self.nights)
+
+    @property
+    def n_candidates(self) -> int:
+        return sum(n.n_candidates for n in self.nights)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(n.n_errors for n in self.nights)
+
+    def night(self, season: str, night: int) -> NightScore | None:
+        """The result of one night of this run (None: not scored, its dataset is incomplete)."""
+        return next((n for n in self.nights if (n.season, n.night) == (season, int(night))), None)
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        scored = [n for n in self.nights if n.status == "scored"]
+        new = sum(n.n_stamps for n in scored)
+        rate = new / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"score: {self.n_stamps} stamps, {self.n_candidates} candidates, {self.n_errors} errors; "
+            f"{len(self.nights)} nights ({len(scored)} scored, {len(self.nights) - len(scored)} "
+            f"already complete) with {self.model}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
+            + (f"; {self.n_parts_resumed} parts resumed" if self.n_parts_resumed else "")
+        )
+
+
+@dataclass
+class NightScoring:
+    """A night being scored: where its parts are staged, which are done, what it must hold."""
+
+    ref: zstore.NightRef
+    stage: Path
+    night_fp: str | None
+    n_stamps: int
+    run: dict[str, str]
+    stats: dict[int, dict[str, int]] = field(default_factory=dict)
+    left: int = 0
+    published: bool = False
+
+
+def score(
+    store_root: str | Path,
+    scores_root: str | Path,
+    client: Any,
+    *,
+    model_path: str | Path | None = None,
+    season: str | None = None,
+    night: int | None = None,
+    config: ScoreConfig | None = None,
+    skip_complete: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ScoreSummary:
+    """Score every stored night (or one season / night) into the Parquet dataset.
+
+    Parameters
+    ----------
+    store_root : path
+        The Zarr store written by ingest.
+    scores_root : path
+        Root of the hive-partitioned Parquet scores.
+    client : distributed.Client
+        The Dask client that runs the work.
+    model_path : path, optional
+        Model artifact (``.keras`` or card ``.json``); by default the shipped model whose card
+        matches the nights' survey and stamp size (:func:`scorechecks.model_for_nights`).
+    season, night : optional
+        Restrict to a season and/or a night.
+    config : ScoreConfig, optional
+        Batch size, threshold override, mixed precision, part size, how long to wait for
+        another writer of a night.
+    skip_complete : bool
+        Skip nights whose published scores are current (``sink.current_scores``: this model,
+        threshold and stored data); otherwise every selected night is (re)scored and replaced.
+    progress : bool
+        Show a progress bar.
+    log : callable
+        Where status lines go.
+
+    Returns
+    -------
+    ScoreSummary
+
+    Raises
+    ------
+    ScoringError
+        Nothing stored to score.
+    StoreBusyError
+        Another process kept a night's lock past ``config.lock_wait`` seconds.
+    """
+    cfg = config or ScoreConfig()
+    t0 = time.perf_counter()
+    refs = zstore.list_nights(store_root, season)
+    if night is not None:
+        refs = [r for r in refs if r.night == int(night)]
+    if not refs:
+        what = f"season {season}" if season else "any season"
+        what += f", night {night}" if night is not None else ""
+        raise ScoringError(f"no stored nights for {what} under {store_root}")
+    # Absolute paths: workers started apart have a working directory of their own. No model
+    # named: the shipped one whose card matches the nights' survey and stamp size.
+    model_path = Path(model_path).expanduser().resolve() if model_path else model_for_nights(refs)
+    scores_root = Path(scores_root).expanduser().resolve()
+    card = load_card(model_path)
+    keras_path = model_path.with_suffix(".keras")
+    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
+    problem = nights_problem(refs, scores_root, card, model_path)
+    if problem:
+        raise ScoringError(problem)
+    locks = [
+        (
+            sink.lock_path(scores_root, r.season, r.night),
+            f"the scores of {r.season}/{r.night} under {scores_root}",
+        )
+        for r in refs
+    ]
+    # Workers import TensorFlow, load the model and trace it while the nights are planned.
+    dtypes = sorted({_stamps_dtype(r.path) for r in refs[:16]} - {None})
+    client.register_plugin(
+        WarmUp(str(keras_path), cfg.batch_size, cfg.mixed_precision, dtypes), name=WarmUp.name
+    )
+    try:
+        # One writer per night: staging and publishing are not shared.
+        with exclusive_all(locks, wait=cfg.lock_wait, log=log):
+            summary = _score_nights(
+                refs,
+                scores_root,
+                client,
+                card,
+                keras_path,
+                threshold,
+                cfg,
+                skip_complete,
+                progress,
+                log,
+                t0,
+            )
+    finally:
+        with contextlib.suppress(Exception):  # a worker plugin left behind only warms up
+            client.unregister_worker_plugin(WarmUp.name)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _score_nights(
+    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log, t0
+) -> ScoreSummary:
+    """The body of :func:`score`, run with the nights' writer locks held."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
+    check_space(refs, scores_root, card, threshold, cfg, skip_complete)
+    key = sink.run_key(card.sha256, threshold, cfg.part_stamps)
+    jobs: dict = {}
+    plans: dict[tuple[str, int], NightScoring] = {}
+    for ref in refs:
+        attrs = zstore.verify_night(ref.path)
+        if attrs is None:
+            log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
+            continue
+        night_fp, n_stamps = nightstate.fingerprint_of(attrs), int(attrs["n_stamps"])
+        m = skip_complete and sink.current_scores(
+            scores_root,
+            ref.season,
+            ref.night,
+            night_fp=night_fp,
+            model_sha256=card.sha256,
+            threshold=threshold,
+            n_stamps=n_stamps,
+        )
+        if m:
+            summary.nights.append(
+                NightScore(
+                    ref.season,
+                    ref.night,
+                    "skipped",
+                    m["n_stamps"],
+                    m["n_candidates"],
+                    m["n_errors"],
+                    sink.night_dir(scores_root, ref.season, ref.night),
+                )
+            )
+            continue
+        sink.discard_staging(scores_root, ref.season, ref.night, keep=key)
+        stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
+        stage.mkdir(parents=True, exist_ok=True)
+        plan = NightScoring(ref, stage, night_fp, n_stamps, sink.run_identity(stage))
+        plans[(ref.season, ref.night)] = plan
+        # An empty night (every stamp quarantined) still publishes one part, of no rows: its
+        # scores exist, and readers and reports see the night.
+        slices = zstore.shard_slices(n_stamps, cfg.part_stamps) or [slice(0, 0)]
+        for i, sl in enumerate(slices):
+            part = sink.part_path(stage, i, plan.run["run_id"])
+            if sink.part_rows(part) == sl.stop - sl.start:
+                plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
+                summary.n_parts_resumed += 1
+                continue
+            fut = client.submit(
+                score_shard,
+                str(ref.path),
+                sl.start,
+                sl.stop,
+                str(part),
+                str(keras_path),
+                threshold,
+                cfg.batch_size,
+                cfg.mixed_precision,
+                plan.run["run_id"],
+                plan.run["scored_at"],
+                pure=False,
+            )
+            jobs[fut] = ((ref.season, ref.night), i)
+            plan.left += 1
+    bar = tqdm(total=len(jobs), desc="score", unit="part", disable=not progress or not jobs)
+    for fut in as_completed(jobs):
+        k, i = jobs[fut]
+        plan = plans[k]
+        plan.stats[i] = fut.result()
+        plan.left -= 1
+        if summary.first_part_seconds is None:
+            summary.first_part_seconds = time.perf_counter() - t0
+        bar.update(1)
+        if plan.left == 0:  # publish each night as soon as its last part lands
+            summary.nights.append(_publish(plan, scores_root, card, threshold))
+    bar.close()
+    for plan in plans.values():
+        if not plan.published:  # every part was staged by an earlier, killed run
+            summary.nights.append(_publish(plan, scores_root, card, threshold))
+    summary.nights.sort(key=lambda n: (n.season, n.night))
+    return summary
+
+
+def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, skip_complete: bool):
+    """Fail before scoring when the scores' filesystem lacks the space the nights need.
+
+    Estimated from what Parquet parts measure (about 14 bytes a stamp and 3 KiB a part, zstd):
+    :data:`s2v_batch.store.scores.PART_BYTES_PER_STAMP` a stamp plus :data:`~s2v_batch.store.scores.PART_OVERHEAD`
+    a part, for every night not skipped as current.
+
+    Raises
+    ------
+    s2v_batch.core.faults.InsufficientSpaceError
+    """
+    stamps = parts = nights = 0
+    for ref in refs:
+        attrs = zstore.read_attrs(ref.path)
+        n = int(attrs.get("n_stamps", 0))
+        current = skip_complete and sink.current_scores(
+            scores_root, ref.season, ref.night, night_fp=nightstate.fingerprint_of(attrs),
+            model_sha256=card.sha256, threshold=threshold, n_stamps=n,
+        )  # fmt: skip
+        if not current:
+            stamps += n
+            parts += len(zstore.shard_slices(n, cfg.part_stamps))
+            nights += 1
+    need = stamps * sink.PART_BYTES_PER_STAMP + parts * sink.PART_OVERHEAD
+    if nights:
+        what = f"scoring {stamps:,} stamps of {nights} night(s) (estimated)"
+        ensure_free_space(scores_root, need, what)
+
+
+def _stamps_dtype(night: Path) -> str | None:
+    try:
+        return StampReader(zstore.stamps_path(night)).dtype.str
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _part_stats(part: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(part, columns=["is_candidate", "score"])
+    return {
+        "n": t.num_rows,
+        "n_candidates": int(np.asarray(t["is_candidate"]).sum()),
+        "n_errors": t["score"].null_count,
+    }
+
+
+def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightScore:
+    ref, stats = plan.ref, plan.stats.values()
+    n = sum(s["n"] for s in stats)
+    if n != plan.n_stamps:
+        raise ScoringError(f"{ref.season}/{ref.night}: {n} rows scored, expected {plan.n_stamps}")
+    n_cand = sum(s["n_candidates"] for s in stats)
+    n_err = sum(s["n_errors"] for s in stats)
+    manifest = sink.manifest_for(
+        night_fp=plan.night_fp,
+        model=card.to_dict(),
+        run=plan.run,
+        threshold=threshold,
+        season=ref.season,
+        night=ref.night,
+        n_stamps=n,
+        n_candidates=n_cand,
+        n_errors=n_err,
+        survey=survey_of_season(ref.season),
+    )
+    dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
+    plan.published = True
+    return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)

@@ -1,0 +1,1 @@
+"""The stamp and alert simulator, its file layouts and the demo data."""
