@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2v_batch.metrics.agreement import Agreement, agreement_for
+from s2v_batch.metrics.agreement import SURVEY_SCORE, Agreement
 
 _scores = st.lists(
     st.tuples(
@@ -48,7 +48,7 @@ def test_counts_match_a_plain_loop_and_merge_over_any_split(rows, cut):
 
 
 def test_figures_of_a_known_table():
-    ag = agreement_for("ztf")
+    ag = Agreement(SURVEY_SCORE["ztf"])
     # 40 both, 10 s2v only, 5 survey only, 45 neither
     cand = np.r_[np.ones(50, bool), np.zeros(50, bool)]
     survey = np.r_[np.full(40, 0.9), np.full(10, 0.1), np.full(5, 0.8), np.full(45, 0.2)]
@@ -58,7 +58,7 @@ def test_figures_of_a_known_table():
     assert d["agreement"] == pytest.approx(0.85)
     # kappa = (0.85 - pe) / (1 - pe), pe = 0.5 * 0.45 + 0.5 * 0.55 = 0.5
     assert d["kappa"] == pytest.approx(0.7)
-    assert agreement_for("des") is None and agreement_for("rubin").column == "reliability"
+    assert "des" not in SURVEY_SCORE and SURVEY_SCORE["rubin"] == "reliability"
     with pytest.raises(ValueError):
         ag.merge(Agreement("reliability"))
 

@@ -46,7 +46,9 @@ def _night(text: str) -> int:
 
 def _season(text: str) -> str:
     if not is_season(text):
-        raise argparse.ArgumentTypeError(f"season must look like SV, Y1, Y2 ..., got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"season must be SV, Y1, Y2 ... (DES) or ZTF2024, RUBIN2026 ... (alerts), got {text!r}"
+        )
     return text
 
 

@@ -50,6 +50,9 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _PERMISSION = {errno.EACCES, errno.EPERM}
 _VANISHED = {errno.ENOENT, errno.ESTALE}
 _BAD_PATH = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
+#: OS errors that say the environment failed, not that the data are incomplete or missing.
+_ENVIRONMENT = {*_PERMISSION, *_NO_SPACE, errno.EIO, errno.EROFS, errno.ESTALE, errno.ENOTCONN,
+                errno.ETIMEDOUT}  # fmt: skip
 _ERRNO_TEXT = re.compile(r"\[?[Ee]rrno (\d+)\]?")
 
 
@@ -158,6 +161,16 @@ def os_errno(exc: BaseException) -> int | None:
         if os.strerror(known) in text:
             return known
     return None
+
+
+def environment_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is an OS error of the environment:
+    permission denied, an I/O error, a stale or lost network mount, a full disk.
+
+    A reader that takes unreadable data for incomplete data must re-raise these, so that the run
+    stops with the fault's own line and exit status instead of asking to ingest again.
+    """
+    return any(isinstance(e, OSError) and os_errno(e) in _ENVIRONMENT for e in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -341,11 +354,11 @@ def classify(exc: BaseException) -> Fault:
                     f"{e}; start the Dask scheduler or check the --cluster address, {RERUN}",
                 )
         if isinstance(e, ValueError):
-            return Fault("bad-input", EXIT_USAGE, False, _first_line(e))
+            return Fault("bad-input", EXIT_USAGE, False, first_line(e))
     for e in _chain(exc):
         if isinstance(e, OSError):  # no errno: a short write, a flaky network filesystem
-            return Fault("io", EXIT_IOERR, True, f"I/O error: {_first_line(e)}; {RERUN}")
-    return Fault("error", EXIT_ERROR, True, f"unexpected {type(exc).__name__}: {_first_line(exc)}")
+            return Fault("io", EXIT_IOERR, True, f"I/O error: {first_line(e)}; {RERUN}")
+    return Fault("error", EXIT_ERROR, True, f"unexpected {type(exc).__name__}: {first_line(exc)}")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -358,7 +371,8 @@ def is_transient(exc: BaseException) -> bool:
     return classify(exc).transient
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 

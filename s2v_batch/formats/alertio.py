@@ -22,6 +22,7 @@ read (whole, or from some point on) yields one error in place of what it could n
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -161,7 +162,19 @@ def iter_archive(path: str, registry: SchemaRegistry | None = None) -> Iterator[
     corrupt archive yields one error for the rest of it after the records read so far.
     """
     try:
-        tf = tarfile.open(path, mode="r|*", bufsize=1 << 16)
+        raw = open(path, "rb", buffering=1 << 16)
+    except OSError as exc:
+        yield path, AlertReadError(f"unreadable alert archive ({_error_text(exc)})")
+        return
+    with raw:
+        yield from _iter_archive_stream(raw, path, registry)
+
+
+def _iter_archive_stream(
+    raw: BinaryIO, path: str, registry: SchemaRegistry | None
+) -> Iterator[Item]:
+    try:
+        tf = tarfile.open(fileobj=raw, mode="r|*", bufsize=1 << 16)
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield path, AlertReadError(f"unreadable alert archive ({_error_text(exc)})")
         return
@@ -179,6 +192,38 @@ def iter_archive(path: str, registry: SchemaRegistry | None = None) -> Iterator[
         except Exception as exc:  # tarfile, gzip and zlib errors of a damaged archive
             after = f" after member {last}" if last else ""
             yield path, AlertReadError(f"damaged alert archive{after} ({_error_text(exc)})")
+
+
+def estimate_records(path: str, registry: SchemaRegistry | None = None, sample: int = 64) -> int:
+    """How many alerts (records and unreadable items) an alert file or archive holds.
+
+    Exact for a Parquet file (its metadata) and for a file or archive of up to ``sample``
+    records; beyond that, estimated from the bytes on disk that its first ``sample`` records
+    took (an archive's compressed bytes). For the free-space check before ingest: reads a few
+    records, never the whole input.
+    """
+    if path.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # a damaged file: its worker reads and quarantines it
+            return 0
+    st = os.stat(path)
+    size = min(st.st_size, st.st_blocks * 512) if st.st_blocks else st.st_size
+    with open(path, "rb", buffering=1 << 16) as raw:
+        if is_alert_archive(path):
+            items = _iter_archive_stream(raw, path, registry)
+        else:
+            items = iter_avro(raw, path, registry)
+        n = 0
+        for n, _ in enumerate(items, start=1):  # noqa: B007  (n counts the items read)
+            if n >= sample:
+                break
+        else:
+            return n  # the whole input was read
+        used = raw.tell()
+    return max(n, round(n * size / max(used, 1)))
 
 
 def peek_schema_name(path: str, registry: SchemaRegistry | None = None) -> str | None:

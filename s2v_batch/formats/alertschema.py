@@ -38,7 +38,6 @@ FRAME = struct.Struct(">bI")
 CONTAINER_MAGIC = b"Obj\x01"
 
 ZTF_SCHEMA_VERSION = "4.02"
-RUBIN_SCHEMA_VERSION = "11.0"
 RUBIN_SCHEMA_ID = 1100
 
 # Fields as "name:type" (type? = ["null", type] with default null; type?! = the same union

@@ -27,13 +27,14 @@ from s2v_batch.ingest.units import Unit, UnitData
 
 
 @functools.lru_cache(maxsize=8)
-def _registry(paths: tuple[str, ...]) -> SchemaRegistry:
+def alert_registry(paths: tuple[str, ...]) -> SchemaRegistry:
+    """The schema registry of a unit's ``.avsc`` files, built once per worker."""
     return SchemaRegistry(paths)
 
 
 def unit_items(unit: Unit) -> Iterator[Item]:
     """The records of a unit's archive or files, in order."""
-    reg = _registry(tuple(unit.schemas))
+    reg = alert_registry(tuple(unit.schemas))
     if unit.archive:
         return iter_archive(unit.archive, reg)
     return itertools.chain.from_iterable(iter_path(p, reg) for p in unit.alert_files)

@@ -318,7 +318,7 @@ def check_space(
     stage = dataset = 0
     for k in todo:
         sdir = zstore.staging_dir(store_root, *k, fps[k])
-        st, ds = night_bytes(disc.units[k], cfg.stamp_size, sdir)
+        st, ds = night_bytes(disc.units[k], stamp_size(cfg, k[0]), sdir)
         stage, dataset = stage + st, dataset + ds
         reused = sum(staged_files(u, sdir)[1].is_file() for u in disc.units[k])
         if reused:

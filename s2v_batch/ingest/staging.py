@@ -18,7 +18,8 @@ import numpy as np
 
 from s2v_batch.core.conventions import CHANNELS
 from s2v_batch.core.fsutil import atomic_path
-from s2v_batch.ingest.alertunits import read_alert_unit
+from s2v_batch.formats.alertio import estimate_records
+from s2v_batch.ingest.alertunits import alert_registry, read_alert_unit
 from s2v_batch.ingest.stamps import read_unit
 from s2v_batch.ingest.units import STAMP_FILE_RE, Unit
 from s2v_batch.store import dataset as zstore
@@ -208,7 +209,16 @@ def night_bytes(units: list[Unit], size: int, staging: str | Path) -> tuple[int,
 
 
 def _unit_stamps(unit: Unit, size: int) -> tuple[int, bool]:
-    """(stamps, whether FITS) of a unit: counted for loose files, estimated for an archive."""
+    """(stamps, whether float32) of a unit: counted for loose files, estimated for an archive;
+    for alert inputs estimated from their first records (:func:`estimate_records`; a file of
+    several nights counts whole in each night's unit: an over-estimate, never an under-one)."""
+    if unit.survey != "des":
+        paths = [unit.archive] if unit.archive else list(unit.alert_files)
+        registry = alert_registry(tuple(unit.schemas))
+        try:
+            return sum(estimate_records(p, registry) for p in paths), True
+        except OSError:
+            return 0, True  # unreadable now: its worker reports it
     if not unit.archive:
         first = next((p for _, paths in unit.stamps for p in paths if p), "")
         return len(unit.stamps), not first.lower().endswith(".gif")

@@ -133,9 +133,3 @@ class Agreement:
         fig.savefig(buf, format="png", bbox_inches="tight")
         plt.close(fig)
         return buf.getvalue()
-
-
-def agreement_for(survey: str, survey_threshold: float = SURVEY_THRESHOLD) -> Agreement | None:
-    """An empty tally for a survey with its own score (ZTF, Rubin); None for DES."""
-    column = SURVEY_SCORE.get(survey)
-    return None if column is None else Agreement(column, survey_threshold)

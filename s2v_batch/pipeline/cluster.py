@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from s2v_batch.core import resources
-from s2v_batch.core.faults import ClusterUnavailableError, classify
+from s2v_batch.core.faults import ClusterUnavailableError, classify, first_line
 
 KINDS = ("local", "cuda", "slurm", "address")
 #: A running scheduler's address, given instead of a spec (``tcp://127.0.0.1:8786``).
@@ -393,11 +393,6 @@ def _scheduler_loss(address: str) -> Iterator[None]:
         yield
     except Exception as exc:
         if classify(exc).kind == "scheduler-lost" and not isinstance(exc, ClusterUnavailableError):
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
             raise ClusterUnavailableError(address, reason, lost=True) from exc
         raise
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -36,7 +36,6 @@ KINDS: tuple[tuple[str, str, str], ...] = (
         "labelled reals it is surest are artifacts (missed)",
     ),
 )
-KIND_NAMES = tuple(k for k, _, _ in KINDS)
 STRETCH = (
     "srch, temp: zscale (astropy ZScaleInterval), linear; diff: linear, symmetric about its "
     "median, +- the 99.5th percentile of |diff - median|; white is bright"

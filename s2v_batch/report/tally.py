@@ -4,7 +4,7 @@ The scores tree is sink.py's: :func:`s2v_batch.store.scores.published_nights` li
 part files (staging, manifests and hidden files ignored). Each night is read file by file and batch
 by batch, only the needed columns, so memory stays flat whatever the season size. Counts at the
 stored threshold (TP/FP/TN/FN, candidates) are exact, taken from ``is_candidate``; ROC AUC and the
-operating points come from the :class:`~s2v_batch.metrics.classification.ScoreHistogram`. Where the scores carry
+operating points come from the :class:`~s2v_batch.metrics.histogram.ScoreHistogram`. Where the scores carry
 the survey's own score (ZTF ``drb``, Rubin ``reliability``), the agreement of s2v's candidates with
 it is tallied too (:class:`~s2v_batch.metrics.agreement.Agreement`); DES scores have no such column.
 """

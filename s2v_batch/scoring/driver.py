@@ -22,7 +22,7 @@ import numpy as np
 
 from s2v_batch.core.config import ScoreConfig
 from s2v_batch.core.conventions import survey_of_season
-from s2v_batch.core.faults import ensure_free_space
+from s2v_batch.core.faults import ensure_free_space, environment_fault
 from s2v_batch.core.fsutil import exclusive_all
 from s2v_batch.model import load_card
 from s2v_batch.scoring.checks import model_for_nights, nights_problem
@@ -44,6 +44,10 @@ from s2v_batch.store.shardread import StampReader
 
 class ScoringError(ValueError):
     """Scoring cannot start (bad arguments, nothing to score)."""
+
+
+class ScoringInconsistency(RuntimeError):
+    """The scored parts of a night do not add up to its stamps: a bug, not bad input (exit 1)."""
 
 
 # --------------------------------------------------------------------------- the driver
@@ -354,7 +358,9 @@ def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, ski
 def _stamps_dtype(night: Path) -> str | None:
     try:
         return StampReader(zstore.stamps_path(night)).dtype.str
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError) as exc:
+        if environment_fault(exc):
+            raise
         return None
 
 
@@ -373,7 +379,9 @@ def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightSc
     ref, stats = plan.ref, plan.stats.values()
     n = sum(s["n"] for s in stats)
     if n != plan.n_stamps:
-        raise ScoringError(f"{ref.season}/{ref.night}: {n} rows scored, expected {plan.n_stamps}")
+        raise ScoringInconsistency(
+            f"{ref.season}/{ref.night}: {n} rows scored, expected {plan.n_stamps}"
+        )
     n_cand = sum(s["n_candidates"] for s in stats)
     n_err = sum(s["n_errors"] for s in stats)
     manifest = sink.manifest_for(

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from s2v_batch import __version__
 from s2v_batch.core import encoding as enc
 from s2v_batch.core.conventions import CHANNELS, is_night, is_season
-from s2v_batch.core.faults import writing
+from s2v_batch.core.faults import environment_fault, writing
 from s2v_batch.core.fsutil import atomic_path, replace_dir
 
 #: Stamps per shard file (one Dask task writes or reads whole shards).
@@ -332,12 +332,15 @@ def read_stamps(path: str | Path, indices: np.ndarray | list[int]) -> np.ndarray
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
-    """The dataset attributes of a night (``{}`` when it cannot be read)."""
+    """The dataset attributes of a night (``{}`` when there are none or they are damaged; a fault
+    of the environment, such as permission denied or an I/O error, is raised)."""
     import zarr
 
     try:
         return dict(zarr.open_group(Path(path), mode="r").attrs)
-    except Exception:
+    except Exception as exc:
+        if environment_fault(exc):
+            raise
         return {}
 
 
@@ -361,7 +364,9 @@ def verify_night(path: str | Path) -> dict[str, Any] | None:
         for name in ("stamp_id", "label", "masked_fraction", *attrs.get(ALERT_COLUMNS_ATTR, ())):
             if group[name].shape != (n,):
                 return None
-    except Exception:
+    except Exception as exc:
+        if environment_fault(exc):  # unreadable is not incomplete: ingesting again cannot help
+            raise
         return None
     if missing_shards(path):
         return None

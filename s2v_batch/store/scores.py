@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from s2v_batch.core.faults import environment_fault
 from s2v_batch.core.fsutil import atomic_path, replace_dir, write_bytes_atomic
 from s2v_batch.core.surveys import get_survey
 
@@ -209,7 +210,9 @@ def part_rows(path: str | Path) -> int | None:
     """Rows of a finished part (from its footer), or None when missing or unreadable."""
     try:
         return pq.ParquetFile(path).metadata.num_rows
-    except Exception:
+    except Exception as exc:
+        if environment_fault(exc):  # unreadable is not unfinished: re-scoring cannot help
+            raise
         return None
 
 
@@ -315,7 +318,9 @@ def read_manifest(root: str | Path, season: str, night: int) -> dict[str, Any] |
     p = night_dir(root, season, night) / MANIFEST
     try:
         return json.loads(p.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        if environment_fault(exc):
+            raise
         return None
 
 
@@ -326,7 +331,9 @@ def manifests(root: str | Path, season: str | None = None) -> list[dict[str, Any
     for p in sorted(Path(root).glob(pattern)):
         try:
             out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            if environment_fault(exc):
+                raise
             continue
     return out
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from s2v_batch.core import encoding as enc
+from s2v_batch.core.faults import environment_fault
 from s2v_batch.store.dataset import quarantine_path, stamps_array, verify_night
 
 #: Bumped when the stored layout changes, so finished nights are re-ingested.
@@ -94,5 +95,7 @@ def _quarantine_matches(path: str | Path, attrs: Mapping[str, Any]) -> bool:
         return pq.ParquetFile(qpath).metadata.num_rows == expected
     except FileNotFoundError:
         return expected == 0
-    except Exception:
+    except Exception as exc:
+        if environment_fault(exc):
+            raise
         return False

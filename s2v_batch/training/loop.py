@@ -5,7 +5,7 @@ splits by ``stamp_id`` hash, augmentation, batches), fits the model with early s
 validation loss (best weights restored), chooses the threshold that keeps ``target_recall`` of
 the validation reals (:func:`metrics.threshold_for_recall`), scores the test split at it, and
 writes the model with its card (:func:`s2v_batch.model.save_artifact`). Every knob is a field of
-:class:`s2v_batch.core.config.TrainConfig`.
+:class:`s2v_batch.training.config.TrainConfig`.
 """
 
 from __future__ import annotations
