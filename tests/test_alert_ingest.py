@@ -12,13 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from alert_truth import DERIVED, RUBIN_COLUMNS, ZTF_COLUMNS, check_column, truth_table
 
 from s2v_batch.core.config import IngestConfig, ScoreConfig
 from s2v_batch.core.nights import night_of_mjd
 from s2v_batch.core.surveys import get_survey
-from s2v_batch.formats.alertio import iter_archive, iter_path
-from s2v_batch.formats.alertpackets import alert_stamp
-from s2v_batch.formats.alertschema import SchemaRegistry
 from s2v_batch.ingest.driver import ingest
 from s2v_batch.model.artifact import default_model_path
 from s2v_batch.scoring.driver import ScoringError, score
@@ -55,19 +53,6 @@ def model63(tmp_path_factory) -> Path:
     return save_artifact(build_model("vgg6", (63, 63, 3)), card, out)
 
 
-def _packets(sim) -> dict[int, dict]:
-    """Every packet the simulator wrote, by stamp ID (read back with our own readers)."""
-    reg = SchemaRegistry((sim.out / "schemas").glob("*.avsc"))
-    out = {}
-    for f in sim.files:
-        items = iter_archive(str(f), reg) if f.name.endswith(".tar.gz") else iter_path(str(f), reg)
-        for _, rec in items:
-            survey = get_survey(sim.survey)
-            sid, _, _, fields = alert_stamp(rec, survey, 63 if survey.name == "ztf" else 51)
-            out[sid] = fields
-    return out
-
-
 @pytest.mark.parametrize(
     "survey, fmt", [("ztf", "archive"), ("ztf", "avro"), ("rubin", "framed"), ("rubin", "parquet")]
 )
@@ -82,24 +67,28 @@ def test_alert_nights_are_stored_with_their_fields(client, tmp_path, survey, fmt
     season = f"{survey.upper()}2024"
     assert [(n.season, n.night) for n in s.nights] == [(season, 20240101), (season, 20240102)]
     truth = pd.read_csv(sim.labels_csv, comment="#").set_index("ID")
-    packets = _packets(sim)
+    # The packets as the simulator wrote them, read with fastavro / pyarrow, not our readers.
+    packets = truth_table(sim.files, sim.out, survey)
+    columns = ZTF_COLUMNS if survey == "ztf" else RUBIN_COLUMNS
+    assert {c.name for c in get_survey(survey).columns} == set(columns)
+    assert sorted(packets) == sorted(truth.index)
     size = 63 if survey == "ztf" else 51
+    stored = []
     for n in s.nights:
         ds = xr.open_zarr(n.path)
         assert ds.attrs["survey"] == survey and ds.attrs["stamp_size"] == size
         assert ds.stamps.shape[1:] == (size, size, 3) and ds.stamps.dtype == np.float32
         ids = ds.stamp_id.values
+        stored += ids.tolist()
         np.testing.assert_array_equal(ds.label.values, 1 - truth.loc[ids, "OBJECT_TYPE"].values)
-        for col in get_survey(survey).columns:
-            want = [packets[i][col.name] for i in ids.tolist()]
-            got = ds[col.name].values
-            if col.dtype.kind == "f":
-                np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=1e-6)
-            else:
-                assert got.tolist() == want, col.name
+        for name, dtype in columns.items():
+            want = [packets[i][name] for i in ids.tolist()]
+            assert ds[name].dtype.kind == dtype[0], name
+            check_column(name, ds[name].values, want, dtype, name in DERIVED[survey])
         # night = the observatory's evening date of each alert's detection time
         tz = get_survey(survey).timezone
         assert {night_of_mjd(m, tz, tai=survey == "rubin") for m in ds.mjd.values} == {n.night}
+    assert sorted(stored) == sorted(packets)  # every packet stored once
     if survey == "rubin":  # cut-outs of 47, 63 and 79 pixels: padded or cropped to 51
         frac = np.concatenate([xr.open_zarr(n.path).masked_fraction.values for n in s.nights])
         assert (frac == 0).any() and np.isclose(frac, (51**2 - 47**2) / 51**2 / 1, atol=0.01).any()
@@ -191,9 +180,15 @@ def test_scores_carry_the_alert_fields_and_one_survey_a_root(client, tmp_path, m
                                                     ("season", "night")]  # fmt: skip
     assert df.objectId.str.startswith("ZTF24").all() and df.drb.between(0, 1).all()
     assert df.isdiffpos.dtype == bool and set(df.band) <= {"g", "r", "i"}
-    ds = xr.open_zarr(zstore.list_nights(tmp_path / "store")[0].path)
-    by_id = df.set_index("stamp_id").loc[ds.stamp_id.values]
-    np.testing.assert_allclose(by_id.ra.values, ds.ra.values)
+    # Every alert field of every score row against its packet, read here with fastavro.
+    packets = truth_table(sim.files, sim.out, "ztf")
+    assert sorted(df.stamp_id) == sorted(packets)
+    ids = df.stamp_id.tolist()
+    for name, dtype in ZTF_COLUMNS.items():
+        assert df[name].notna().all(), name
+        got = df[name].to_numpy()
+        got = got.astype(np.int8) if df[name].dtype == bool else got
+        check_column(name, got, [packets[i][name] for i in ids], dtype, name in DERIVED["ztf"])
     assert sink.read_manifest(tmp_path / "scores", "ZTF2024", 20240101)["survey"] == "ztf"
     # DES nights keep the DES columns, and go to another root than ZTF nights.
     des = simulate(tmp_path / "des", season="Y1", nights=1, stamps_per_night=20, fmt="fits",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from report_rows import PNG_MAGIC, SHA, concat, make_night, write_part
+from report_rows import (
+    PNG_MAGIC,
+    SHA,
+    check_night_rows,
+    concat,
+    load_report_json,
+    make_night,
+    write_part,
+)
 
 from s2v_batch.metrics import classification as m
 from s2v_batch.metrics import timesaved
@@ -58,10 +65,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def load(out: Path, *parts: str) -> dict[str, Any]:
-    def no_nan(token: str) -> None:
-        raise AssertionError(f"non-standard JSON constant {token}")
-
-    return json.loads((out.joinpath(*parts) / "report.json").read_text(), parse_constant=no_nan)
+    """A report's JSON, parsed strictly (NaN or Infinity in it fails the test)."""
+    return load_report_json(out.joinpath(*parts) / "report.json")
 
 
 def expected(rows: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -188,8 +193,12 @@ def test_season_is_the_sum_of_its_nights(dataset) -> None:
     assert rep["kind"] == "season" and rep["night"] is None
     assert rep["nights"] == [20130901, 20130902, 20130903] and rep["n_nights"] == 3
     check_figures(rep, concat(*(nights[("Y1", n)] for n in rep["nights"])))
-    assert [r["night"] for r in rep["night_reports"]] == rep["nights"]
-    assert sum(r["n_stamps"] for r in rep["night_reports"]) == rep["n_stamps"]
+    # Each night's row against its figures computed here from the Parquet rows (pandas):
+    # 20130903 is unlabelled (no recall, FDR or AUC); three nights draw no range, flag none.
+    want = check_night_rows(rep, dataset["root"], "Y1")
+    assert want["n_stamps"].tolist() == [1500, 1200, 600] and want["n_errors"].tolist() == [7, 0, 2]
+    assert rep["night_range"]["median"] is None and rep["flagged_nights"] == []
+    assert want["n_stamps"].sum() == rep["n_stamps"]
     # Two thresholds in one season: no single threshold, and a warning says so.
     assert rep["threshold"] is None and rep["thresholds"] == [0.06, 0.5]
     assert any("different thresholds" in w for w in rep["warnings"])
@@ -199,6 +208,7 @@ def test_season_is_the_sum_of_its_nights(dataset) -> None:
 def test_is_candidate_mismatch_is_flagged_and_followed(dataset) -> None:
     rep = load(dataset["out"], "SV")
     check_figures(rep, dataset["nights"][("SV", 20121105)])
+    check_night_rows(rep, dataset["root"], "SV")  # the night row counts is_candidate too
     assert any("is_candidate different" in w for w in rep["warnings"])
 
 

@@ -4,7 +4,6 @@ and scoring of simulated alerts; DES reports carry no such section."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from report_rows import load_report_json
 
 from s2v_batch.core.config import IngestConfig, ScoreConfig
 from s2v_batch.ingest.driver import ingest
@@ -79,7 +79,7 @@ def test_ztf_reports_show_the_agreement_with_drb(ztf):
     df = pd.read_parquet(ztf["scores"])
     assert df.drb.notna().all() and df.is_candidate.any() and (~df.is_candidate).any()
     season = ztf["out"] / "ZTF2024"
-    rep = json.loads((season / "report.json").read_text())
+    rep = load_report_json(season / "report.json")
     want = _expected(df, "drb")
     assert want["n"] == 120 and 0 < want["both"] < 120  # both cells of s2v's side are used
     _check(rep, want, "drb")
@@ -90,7 +90,7 @@ def test_ztf_reports_show_the_agreement_with_drb(ztf):
     assert f"<td class='n'>{want['both']:,}</td>" in page and "agreement.png" in page
     for night in rep["nights"]:  # each night report: its own rows; the season: their sum
         folder = season / "nights" / str(night)
-        nrep = json.loads((folder / "report.json").read_text())
+        nrep = load_report_json(folder / "report.json")
         _check(nrep, _expected(df[df.night == night], "drb"), "drb")
         _check_png(folder / "agreement.png")
         assert "Agreement with the survey" in (folder / "report.html").read_text()
@@ -104,7 +104,7 @@ def test_rubin_reports_show_the_agreement_with_reliability(client, tmp_path):
     write_reports(scores, tmp_path / "reports")
     df = pd.read_parquet(scores)
     (season,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
-    rep = json.loads((season / "report.json").read_text())
+    rep = load_report_json(season / "report.json")
     _check(rep, _expected(df, "reliability"), "reliability")
     _check_png(season / "agreement.png")
 
@@ -121,7 +121,7 @@ def test_des_reports_have_no_agreement_section(client, tmp_path):
         tmp_path / "reports" / "Y1",
         tmp_path / "reports" / "Y1" / "nights" / "20130901",
     ):
-        rep = json.loads((folder / "report.json").read_text())
+        rep = load_report_json(folder / "report.json")
         assert "agreement" not in rep and "agreement" not in rep["files"]
         assert not (folder / "agreement.png").exists()
         assert "Agreement with the survey" not in (folder / "report.html").read_text()
@@ -140,7 +140,7 @@ def test_a_night_without_the_survey_score_counts_it_missing(ztf, tmp_path):
         (dest / p.parent.relative_to(src)).mkdir(parents=True, exist_ok=True)
         pq.write_table(t, dest / p.relative_to(src))
     write_reports(dest, tmp_path / "reports")
-    rep = json.loads((tmp_path / "reports" / "ZTF2024" / "report.json").read_text())
+    rep = load_report_json(tmp_path / "reports" / "ZTF2024" / "report.json")
     ag = rep["agreement"]
     assert ag["n"] == 0 and ag["n_missing"] == 120 and ag["agreement"] is None
     assert "Agreement with the survey" in (tmp_path / "reports/ZTF2024/report.html").read_text()

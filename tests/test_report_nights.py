@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from report_rows import check_night_rows, load_report_json, make_night, write_part
 
+from s2v_batch.report import write_reports
 from s2v_batch.report.nights import MIN_NIGHTS, flag_nights
 from s2v_batch.store import dataset as zstore
 
@@ -60,6 +62,58 @@ def test_identical_nights_are_never_flagged(n: int, p: float, k: int, mads: floa
     c = round(p * n)
     _, flagged = flag_nights(rows([(n, c)] * k), mads)
     assert flagged == []
+
+
+#: A season of nine nights written as Parquet rows: (stamps, labelled share, errors, reals).
+#: 20140905 is mostly artifacts (its candidate fraction far below the others'); 20140907 has
+#: 40 stamps, mostly real: outside median +- 5 MADs, but within the binomial noise of 40
+#: stamps, which floors its range; 20140908 is unlabelled (no recall, FDR or AUC) and 20140909
+#: has no scored stamp at all.
+SEASON_NIGHTS = {
+    20140901: (600, 1.0, 0, None),
+    20140902: (450, 0.9, 5, None),
+    20140903: (800, 1.0, 0, None),
+    20140904: (520, 0.7, 2, None),
+    20140905: (700, 1.0, 0, 0.05),
+    20140906: (650, 1.0, 3, None),
+    20140907: (40, 1.0, 0, 0.9),
+    20140908: (500, 0.0, 0, None),
+    20140909: (30, 1.0, 30, None),
+}
+
+
+@pytest.fixture(scope="module")
+def season_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("nights") / "scores"
+    rng = np.random.default_rng(20140901)
+    for night, (n, labelled, errors, real) in SEASON_NIGHTS.items():
+        rows = make_night(rng, n, threshold=0.5, labelled=labelled, n_errors=errors,
+                          real_fraction=real)  # fmt: skip
+        write_part(root / "season=Y2" / f"night={night}" / "part-00000.parquet", rows)
+    out = root.parent / "reports"
+    write_reports(root, out)
+    return {"root": root, "out": out, "rep": load_report_json(out / "Y2" / "report.json")}
+
+
+def test_season_night_rows_and_flags_match_the_parquet_rows(season_report) -> None:
+    """Each night's figures and the flags, computed here from the rows with pandas."""
+    rep = season_report["rep"]
+    want = check_night_rows(rep, season_report["root"], "Y2")
+    # The season is what it was made to be: the odd night and the empty one flagged, the
+    # small night not, and every figure of a night present where its rows allow it.
+    assert [f["night"] for f in rep["flagged_nights"]] == [20140905, 20140909]
+    assert want.loc[20140905, "candidate_fraction"] < 0.25 < want["candidate_fraction"].median()
+    small = abs(want.loc[20140907, "candidate_fraction"] - rep["night_range"]["median"])
+    assert small > 5 * rep["night_range"]["mad"]  # flagged but for the binomial floor
+    rows = {r["night"]: r for r in rep["night_reports"]}
+    assert rows[20140907]["flag"] is None and rows[20140908]["recall"] is None
+    assert rows[20140909]["candidate_fraction"] is None and rows[20140901]["roc_auc"] > 0.8
+    # Each night's own report holds the same figures as its row.
+    for night, row in rows.items():
+        nrep = load_report_json(season_report["out"] / "Y2" / "nights" / str(night) / "report.json")
+        for key, value in row.items():
+            if key in nrep:
+                assert nrep[key] == value, (night, key)
 
 
 @pytest.fixture(scope="module")
