@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -19,6 +19,22 @@ atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+#: Set to 1 by CI (.ci/run): a test that needs a real service it cannot have here (root, a
+#: mount, SLURM, Chromium) fails instead of skipping. A GPU is never required.
+REQUIRE_REAL = "S2V_REQUIRE_REAL"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test for lack of a real service, saying why; under ``S2V_REQUIRE_REAL=1`` (CI)
+    fail it instead, with the same reason: CI must not pass by skipping what it is there to run.
+
+    Use it from a test or fixture (``from conftest import skip_or_fail``) where a real service
+    (root, ``mount``, SLURM, Chromium) is missing; not for a GPU, which no machine must have.
+    """
+    if os.environ.get(REQUIRE_REAL) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_REAL}=1: this test may not skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ they come back, a lock held by an orphan. Each gives one line and its exit statu
 details in the log file the line names, publishes nothing half-done, and the re-run after the
 fault is removed gives what a clean run gives.
 
-Mounts need root (CI runs as root); those tests skip otherwise, saying so.
+Mounts need root (CI runs as root); those tests skip otherwise, saying so, and fail instead
+under ``S2V_REQUIRE_REAL=1`` (CI).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import xarray as xr
+from conftest import skip_or_fail
 
 from s2v_batch.core import faults
 from s2v_batch.core.config import IngestConfig, ScoreConfig
@@ -59,6 +61,7 @@ score:
 """
 INGEST = IngestConfig(unit_stamps=10, shard_stamps=64, chunk_stamps=16)
 SCORE = ScoreConfig(part_stamps=16, batch_size=64)
+STAMPS = 150  # the test night's stamps
 
 
 # --------------------------------------------------------------------------- real services
@@ -111,7 +114,7 @@ def dask_cluster(logdir: Path, *, scheduler_env: dict[str, str] | None = None) -
 def tmpfs(path: Path, size: str = "12m") -> Iterator[Path]:
     """A small tmpfs mounted at ``path`` for the block (unmounted also on failure)."""
     if not ROOT:
-        pytest.skip("mounting a tmpfs needs root (CI runs the tests as root)")
+        skip_or_fail("mounting a tmpfs needs root (CI runs the tests as root)")
     path.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
@@ -119,7 +122,7 @@ def tmpfs(path: Path, size: str = "12m") -> Iterator[Path]:
         text=True,
     )
     if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         yield path
     finally:
@@ -162,6 +165,14 @@ def when_found(root: Path, pattern: str, action, timeout: float = 300.0) -> thre
     return t
 
 
+def units_done(store: Path, night: int, total: int) -> int:
+    """Ingest units of the test night finished on disk: those staged (a unit is staged once its
+    ``.meta.npz``, written last, exists), or all ``total`` once the night is published (its
+    staging is then removed; read second, so a night published in between counts whole)."""
+    staged = sum(1 for _ in store.glob("Y1/.staging-*/*.meta.npz"))
+    return total if zstore.night_path(store, "Y1", night).is_dir() else staged
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -178,7 +189,7 @@ def data(tmp_path_factory, cluster):
 
     base = tmp_path_factory.mktemp("faults")
     raw = base / "raw"
-    simulate(raw, season="Y1", nights=1, stamps_per_night=150, fmt="fits", seed=5)
+    simulate(raw, season="Y1", nights=1, stamps_per_night=STAMPS, fmt="fits", seed=5)
     (raw / "autoscan_features.3.csv").unlink()  # runs here name no labels
     cfg, fine = base / "cfg.yaml", base / "fine.yaml"
     cfg.write_text(CONFIG.format(unit=10))
@@ -187,8 +198,9 @@ def data(tmp_path_factory, cluster):
         ingest(raw, base / "store", client, config=INGEST, progress=False)
         score(base / "store", base / "scores", client, config=SCORE, progress=False)
     return SimpleNamespace(
-        raw=raw, cfg=cfg, fine=fine, store=base / "store", scores=base / "scores", night=20130901
-    )
+        raw=raw, cfg=cfg, fine=fine, store=base / "store", scores=base / "scores", night=20130901,
+        fine_units=STAMPS // 2,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -512,11 +524,19 @@ def test_a_night_whose_quarantine_table_does_not_match_is_not_done(data, cluster
 
 def test_scheduler_killed_mid_ingest(data, cluster, tmp_path, logs):
     store = tmp_path / "store"
+    at_kill: list[int] = []
     with dask_cluster(tmp_path / "dask") as own:
         proc = popen_s2v(*ingest_args(data, store, own.address, cfg=data.fine), logs=logs)
-        kill = lambda: os.killpg(own.scheduler.pid, signal.SIGKILL)  # noqa: E731
+
+        def kill() -> None:  # once a first unit is staged
+            os.killpg(own.scheduler.pid, signal.SIGKILL)
+            at_kill.append(units_done(store, data.night, data.fine_units))
+
         when_found(store, "Y1/.staging-*/*.meta.npz", kill).join()
         r = finish(proc)
+    # The kill landed mid-run: some units done on disk, not all.
+    assert at_kill and 0 < at_kill[0] < data.fine_units, (at_kill, r.stdout, r.stderr)
+    print(f"\nscheduler killed with {at_kill[0]} of {data.fine_units} units staged")
     one_error_line(r, "ingest", 69, f"lost the Dask scheduler at {own.address}", "restart it")
     only_complete_nights(store)
     r = s2v(*ingest_args(data, store, cluster.address, cfg=data.fine), logs=logs)
@@ -536,33 +556,42 @@ def test_scheduler_that_cannot_be_reached(data, cluster, tmp_path, logs):
 
 
 def test_workers_that_keep_dying(data, cluster, tmp_path, logs):
-    """Each worker process that starts a task is SIGKILLed (its nanny brings it back): the task
-    is lost with its worker (KilledWorker, here on the first death), exit 69."""
+    """Once a first unit is staged, each worker process that has a task is SIGKILLed (its nanny
+    brings it back): the task is lost with its worker (KilledWorker, here on the first death),
+    exit 69."""
     from distributed import Client
 
     store = tmp_path / "store"
     env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     stop = threading.Event()
+    at_kill: list[int] = []  # units done on disk at each kill
     with dask_cluster(tmp_path / "dask", scheduler_env=env) as own, Client(own.address) as watch:
 
         def killer() -> None:
             pids: dict[str, int] = {}
             while not stop.is_set():
+                if units_done(store, data.night, data.fine_units) == 0:
+                    time.sleep(0.05)
+                    continue
                 for address, keys in watch.processing().items():
                     with contextlib.suppress(Exception):  # gone meanwhile
                         if address not in pids:
                             pids.update(watch.run(os.getpid, workers=[address]))
                         if keys:
                             os.kill(pids[address], signal.SIGKILL)
+                            at_kill.append(units_done(store, data.night, data.fine_units))
                 time.sleep(0.05)
 
         t = threading.Thread(target=killer, daemon=True)
         t.start()
         try:
-            r = s2v(*ingest_args(data, store, own.address), logs=logs)
+            r = s2v(*ingest_args(data, store, own.address, cfg=data.fine), logs=logs)
         finally:
             stop.set()
             t.join()
+    # The first kill landed mid-run: some units done on disk, not all.
+    assert at_kill and 0 < at_kill[0] < data.fine_units, (at_kill, r.stdout, r.stderr)
+    print(f"\nworkers killed with {at_kill} of {data.fine_units} units staged")
     one_error_line(r, "ingest", 69, "Dask workers died", "memory limit")
     only_complete_nights(store)
     r = s2v(*ingest_args(data, store, cluster.address), logs=logs)

@@ -30,6 +30,7 @@ from s2v_batch.formats.decode import (
     decode_fits,
     decode_gif,
 )
+from s2v_batch.ingest import driver as ingest_driver
 from s2v_batch.ingest.driver import IngestError, ingest
 from s2v_batch.ingest.staging import plan_shards
 from s2v_batch.sim.simulator import fits_bytes, render_gif, simulate
@@ -442,6 +443,61 @@ def _staged_units(store: Path, season: str) -> dict[str, tuple[int, int, int, in
             continue
         out[f"{meta.parent.name}/{meta.name}"] = (a.st_ino, a.st_mtime_ns, b.st_ino, b.st_mtime_ns)
     return out
+
+
+#: A pixel value no simulated FITS stamp holds: planted in a staged unit, it reaches the
+#: published night only if that unit is reused.
+SENTINEL = np.float32(-12345.5)
+
+
+class _Stopped(Exception):
+    """Raised in place of planning a night's assembly: the run stops with every unit staged."""
+
+
+def _stop(*args, **kwargs):
+    raise _Stopped
+
+
+def test_a_resumed_ingest_publishes_the_staged_units_it_reused(monkeypatch, client, raws, tmp_path):
+    """Resume proven by the data, not by what the run says: a run stopped after staging leaves
+    its units in ``STORE/<season>/.staging-<night>-<fp12>/`` (``.npy`` pixels, ``.meta.npz``
+    written last: nothing checks the pixels' content); one stamp of a staged unit is overwritten
+    with a SENTINEL, another unit is deleted. The resumed run publishes the SENTINEL stamp (that
+    unit was reused, not decoded again), decodes the deleted unit again, and every other stamp
+    is a clean run's."""
+    sim = raws["fits"]  # one night of 150 float32 stamps: three units of 64, 64 and 22
+    store = tmp_path / "store"
+    with monkeypatch.context() as m:
+        m.setattr(ingest_driver, "plan_night", _stop)
+        with pytest.raises(_Stopped):
+            ingest(sim.out, store, client, config=CFG, progress=False)
+    metas = sorted(store.glob("Y2/.staging-*/*.meta.npz"))
+    assert len(metas) == 3 and not zstore.list_nights(store)
+    npys = [p.with_name(p.name.replace(".meta.npz", ".npy")) for p in metas]
+    with np.load(metas[1]) as z:
+        planted = int(z["stamp_id"][5])
+    pixels = np.load(npys[1], mmap_mode="r+")
+    assert pixels.dtype == np.float32 and not (pixels == SENTINEL).any()
+    pixels[5] = SENTINEL
+    pixels.flush()
+    del pixels
+    for p in (metas[0], npys[0]):
+        p.unlink()
+
+    s = ingest(sim.out, store, client, config=CFG, progress=False)
+    assert [n.status for n in s.nights] == ["ingested"]
+    assert not list(store.glob("Y2/.staging-*"))  # removed with the finished night
+    ds = xr.open_zarr(zstore.list_nights(store)[0].path)
+    ids, stamps = ds.stamp_id.values.tolist(), ds.stamps.values
+    row = ids.index(planted)
+    assert (stamps[row] == SENTINEL).all(), "the planted unit was decoded again, not reused"
+    assert (stamps == SENTINEL).sum() == stamps[row].size
+    ingest(sim.out, tmp_path / "clean", client, config=CFG, progress=False)
+    clean = xr.open_zarr(zstore.list_nights(tmp_path / "clean")[0].path)
+    np.testing.assert_array_equal(clean.stamp_id.values, ds.stamp_id.values)
+    others = np.arange(len(ids)) != row
+    np.testing.assert_array_equal(stamps[others], clean.stamps.values[others])
+    assert not (clean.stamps.values[row] == SENTINEL).any()
 
 
 def _kill_when(cmd: list[str], env: dict, done: Callable[[], bool]) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 from hypothesis import given, settings
@@ -423,6 +425,69 @@ def test_scores_equal_the_predictor_on_the_stored_pixels(client, models, tmp_pat
 def test_nothing_to_score_is_a_clear_error(client, stored, models, tmp_path):
     with pytest.raises(ScoringError, match="no stored nights"):
         score(stored, tmp_path, client, model_path=models[0], season="Y6", progress=False)
+
+
+#: A score the model never gives (float32): planted in a staged part, it reaches the published
+#: scores only if that part is reused.
+SENTINEL = np.float32(0.123456)
+
+
+class _Stopped(Exception):
+    """Raised in place of publishing a night: the run stops with every part staged."""
+
+
+def _stop(*args, **kwargs):
+    raise _Stopped
+
+
+def _plant(part: Path, row: int = 0) -> int:
+    """Rewrite a staged part with the SENTINEL score in ``row`` (not a candidate: under the
+    threshold), as scoring writes parts (same schema, through a rename); return its stamp_id."""
+    table = pq.read_table(part)
+    score_ = table.column("score").to_numpy(zero_copy_only=False).copy()
+    cand = table.column("is_candidate").to_pylist()
+    score_[row], cand[row] = SENTINEL, False
+    for name, values in (
+        ("score", pa.array(score_, pa.float32())),
+        ("is_candidate", pa.array(cand, pa.bool_())),
+    ):
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    sink.write_part(part, table, table.schema)
+    return int(table.column("stamp_id")[row].as_py())
+
+
+def test_a_resumed_score_publishes_the_parts_it_reused(
+    monkeypatch, client, stored, models, clean, tmp_path
+):
+    """Resume proven by the data, not by what the run says: a run stopped before publishing
+    leaves its parts staged; one gets a SENTINEL score, two are deleted. The resumed run
+    publishes the SENTINEL (that part was reused, not scored again), scores the deleted two
+    again, and every other row is the clean run's."""
+    out = tmp_path / "scores"
+    kw = dict(model_path=models[0], config=CFG, season="Y1", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(sink, "publish_night", _stop)
+        with pytest.raises(_Stopped):
+            score(stored, out, client, **kw)
+    assert len(_staged_parts(out)) == N_PARTS
+    assert not sink.night_dir(out, "Y1", 20130901).exists()
+    (stage,) = _staging_dirs(out)
+    parts = sorted(stage.glob("part-*.parquet"))
+    planted = _plant(parts[3], row=5)
+    for p in (parts[0], parts[-1]):
+        p.unlink()
+
+    again = score(stored, out, client, **kw)
+    assert again.n_stamps == N_STAMPS
+    got = _night(out).set_index("stamp_id")
+    assert got.score[planted] == SENTINEL, "the planted part was scored again, not reused"
+    assert (got.score == SENTINEL).sum() == 1
+    want = _night(clean).set_index("stamp_id")
+    assert want.score[planted] != SENTINEL
+    others = got.index != planted
+    np.testing.assert_array_equal(got.index, want.index)
+    np.testing.assert_allclose(got.score[others], want.score[others], atol=1e-6)
+    assert _staged_parts(out) == {}
 
 
 @pytest.mark.slow

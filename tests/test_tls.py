@@ -31,6 +31,7 @@ import yaml
 
 STAMPS = 800
 PART = 100  # stamps per scoring task: eight tasks for two workers
+N_PARTS = STAMPS // PART
 DASK = str(Path(sys.executable).with_name("dask"))  # Dask's command line, from this environment
 START_TIMEOUT = 180.0
 RUN_TIMEOUT = 600.0
@@ -275,6 +276,21 @@ def _scores(root: Path) -> pd.DataFrame:
     return df.astype({"night": "int64"}).sort_values(["night", "stamp_id"]).reset_index(drop=True)
 
 
+def _parts_done(out: Path) -> int:
+    """Scoring tasks of the night finished on disk: its staged parts
+    (``_staging/season=*/night=*/<key>/part-*.parquet``, each written through a rename, so one
+    that exists is whole), or all of them once the night is published (its staging is then
+    removed; read second, so a night published in between counts whole)."""
+    staged = 0
+    for _ in range(10):
+        try:
+            staged = sum(1 for _ in out.glob("_staging/season=*/night=*/*/part-*.parquet"))
+            break
+        except FileNotFoundError:  # a staging folder removed while listed: list again
+            continue
+    return N_PARTS if any(out.glob("season=*/night=*/_manifest.json")) else staged
+
+
 def _assert_same_scores(got: pd.DataFrame, ref: pd.DataFrame) -> None:
     assert not got.duplicated(["night", "stamp_id"]).any(), "a stamp was published twice"
     assert len(got) == len(ref) == STAMPS
@@ -462,9 +478,9 @@ def test_sigkill_of_a_worker_mid_run_leaves_the_output_of_a_clean_run(
             cwd=tmp_path,
             start_new_session=True,
         )
-        victim = None
+        victim, at_kill = None, None
         try:
-            # Mid-run: a worker is running one of this run's scoring tasks.
+            # Mid-run: a first part is done and a worker is running one of this run's tasks.
             deadline = time.monotonic() + RUN_TIMEOUT
             while proc.poll() is None and time.monotonic() < deadline:
                 busy = [
@@ -472,9 +488,10 @@ def test_sigkill_of_a_worker_mid_run_leaves_the_output_of_a_clean_run(
                     for a, keys in monitor.processing().items()
                     if any(str(k).startswith("score_shard") for k in keys)
                 ]
-                if busy:
+                if busy and _parts_done(out) > 0:
                     victim = names[busy[0]]
                     dask_apart.kill(victim)
+                    at_kill = _parts_done(out)
                     break
                 time.sleep(0.05)
             output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -482,7 +499,11 @@ def test_sigkill_of_a_worker_mid_run_leaves_the_output_of_a_clean_run(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        assert victim is not None, f"the run ended before a worker had a task:\n{output}"
+        assert victim is not None, (
+            f"the run ended before a part was done with a worker busy:\n{output}"
+        )
+        # The kill landed mid-run: some parts done on disk, not all.
+        assert at_kill is not None and 0 < at_kill < N_PARTS, (at_kill, output[-3000:])
         assert proc.returncode == 0, output[-3000:]
         # The scheduler lost that worker; the other finished the run.
         deadline = time.monotonic() + 60
@@ -491,5 +512,6 @@ def test_sigkill_of_a_worker_mid_run_leaves_the_output_of_a_clean_run(
         assert [w["name"] for w in monitor.scheduler_info()["workers"].values()] == [
             n for n in names.values() if n != victim
         ]
-    print(f"\nSIGKILL of {victim} mid-run; s2v score said: {output.strip().splitlines()[-1]}")
+    print(f"\nSIGKILL of {victim} with {at_kill} of {N_PARTS} parts done; s2v score said: "
+          f"{output.strip().splitlines()[-1]}")  # fmt: skip
     _assert_same_scores(_scores(out), night["ref"])
