@@ -330,6 +330,7 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[keras.Model, ModelCard]
             "another model; refusing to load it"
         )
     # Keras only now, the file checked; the layers module registers the classes it names.
+    import s2v_batch.model.layers  # noqa: F401
     from s2v_batch.model.backend import keras
 
     try:

@@ -119,14 +119,17 @@ class _FusedStampNormalization(StampNormalization):
     the batch (the strided subsample alone, a gather with an inner axis of 3, costs as much as
     the first convolution): 160-200 us a stamp on one core, 11-14% of the whole CNN. Fused, 33
     us. Only this layer is compiled: XLA's own convolutions are slower than oneDNN's on the CPU.
-    Same arithmetic; XLA sums in its own order, so outputs differ by float rounding (~3e-6 of
-    a unit). Inference only: never saved.
+    Same arithmetic; XLA sums in its own order, so outputs differ by float rounding (more where
+    a channel's level is high against its noise, as the GIF diff channel's mid-grey), and now and
+    then a pixel on a clip boundary is kept by one and clipped by the other: docs/MODEL.md, "How
+    far the fused normalisation moves scores". Inference only: never saved.
     """
 
     #: Batches smaller than this are padded with zero stamps inside the kernel. XLA's CPU code
     #: for up to 16 stamps sums in another order than for 17 or more (scores moved by up to 1e-5
     #: with the batch size); from 17 on, a stamp's output is the same whatever the batch size and
-    #: its place in it (checked at 17-512), so every stamp scores the same in a tail batch.
+    #: its place in it, so it is the same in a tail batch (tested at 1-512). The CNN after it still
+    #: moves scores by float32 ulps with the batch (oneDNN's kernels).
     MIN_BATCH = 64
 
     def call(self, inputs: Any) -> Any:
@@ -223,7 +226,9 @@ class Predictor:
         the same scores to ~1e-6, fewer passes over the activations.
     fuse_norm : bool
         On TensorFlow, run the input normalisation as one XLA kernel
-        (:func:`fuse_normalization`): about 10% less CPU a stamp, the same scores to ~1e-6.
+        (:func:`fuse_normalization`): about 10% less CPU a stamp; scores within 1.1e-4 (uint8)
+        and 7.6e-6 (float32) of the model as saved over 100,000 stamps, rarely more (a pixel on a
+        clip boundary; docs/MODEL.md).
 
     Attributes
     ----------
