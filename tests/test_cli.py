@@ -37,7 +37,11 @@ BAD_ARGUMENTS = [
     ([], "s2v", "the following arguments are required: COMMAND"),
     (["frobnicate"], "s2v", "invalid choice: 'frobnicate'"),
     (["simulate"], "s2v simulate", "the following arguments are required: out"),
-    (["simulate", "x", "--season", "Z9"], "s2v simulate", "season must look like"),
+    (
+        ["simulate", "x", "--season", "Z9"],
+        "s2v simulate",
+        "season must be SV, Y1, Y2 ... (DES) or ZTF2024",
+    ),
     (["simulate", "x", "--nights", "0"], "s2v simulate", "positive integer"),
     (["simulate", "x", "--format", "png"], "s2v simulate", "invalid choice: 'png'"),
     (["simulate", "x", "--first-night", "20131301"], "s2v simulate", "night must be a date"),
