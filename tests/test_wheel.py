@@ -122,7 +122,7 @@ def test_the_wheel_ships_specs_configs_and_the_flows_under_their_own_names(insta
     names = json.loads(
         _py(
             installed,
-            "import json, s2v_batch, s2v_flows; from s2v_batch import resources as r; "
+            "import json, s2v_batch, s2v_flows; from s2v_batch.core import resources as r; "
             "print(json.dumps({'specs': sorted(r.shipped(r.CLUSTER_SPECS)), "
             "'configs': sorted(r.shipped(r.PIPELINE_CONFIGS)), "
             "'lib': s2v_batch.__file__, 'flows': s2v_flows.__file__}))",
