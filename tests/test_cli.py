@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,21 @@ def test_ingest_float_encoding_stores_fits_stamps_compactly(tmp_path):
     compact = got["bitround-7", "Y1"][1].stamps.values
     assert compact.dtype == np.float32 and not np.array_equal(exact, compact)
     np.testing.assert_allclose(compact, exact, rtol=2.0**-7, atol=0)
+
+
+@pytest.mark.parametrize("command", ["nightly", "backfill", "demo"])
+def test_the_flows_prefect_settings_hold_for_the_commands_that_run_a_flow(command):
+    """The commands import Prefect early (the run log's preload): s2v_flows' defaults must be set
+    by then, or the local server gets Prefect's 20 s start-up limit (a fresh clone's first demo
+    timed out so on this machine)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+    script = (
+        "from s2v_batch.cli.main import _PRELOAD\n"
+        f"for name in _PRELOAD[{command!r}]: __import__(name)\n"
+        "from prefect.settings import get_current_settings as g\n"
+        "s = g().server\n"
+        "print(s.ephemeral.startup_timeout_seconds, s.analytics_enabled)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["120", "False"]

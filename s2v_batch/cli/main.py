@@ -242,13 +242,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 #: Modules a command imports anyway, imported before the run log takes over the terminal so that
 #: the log handlers they set up on import write to the log file (distributed's worker errors,
-#: Prefect's flow-run logs), not to the terminal.
+#: Prefect's flow-run logs), not to the terminal. s2v_flows before prefect: it sets Prefect's
+#: defaults (the local server's start-up limit), which Prefect reads once, on import.
 _PRELOAD = {
     "ingest": ("distributed",),
     "score": ("distributed",),
-    "nightly": ("distributed", "prefect"),
-    "backfill": ("distributed", "prefect"),
-    "demo": ("distributed", "prefect"),
+    "nightly": ("distributed", "s2v_flows", "prefect"),
+    "backfill": ("distributed", "s2v_flows", "prefect"),
+    "demo": ("distributed", "s2v_flows", "prefect"),
 }
 
 
