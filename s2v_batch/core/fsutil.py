@@ -108,6 +108,13 @@ def file_identity(path: str | os.PathLike[str]) -> str:
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def data_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of a file that hold data: its size less its sparse holes (allocated blocks), what
+    an estimate of its contents from its size should count (a hole is no stamps or alerts)."""
+    st = os.stat(path)
+    return min(st.st_size, st.st_blocks * 512)
+
+
 @contextlib.contextmanager
 def exclusive(
     lock_path: str | os.PathLike[str],

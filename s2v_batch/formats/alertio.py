@@ -22,12 +22,12 @@ read (whole, or from some point on) yields one error in place of what it could n
 from __future__ import annotations
 
 import io
-import os
 import re
 import tarfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from s2v_batch.core.fsutil import data_bytes
 from s2v_batch.formats.alertschema import (
     CONTAINER_MAGIC,
     FRAME,
@@ -209,8 +209,7 @@ def estimate_records(path: str, registry: SchemaRegistry | None = None, sample: 
             return pq.ParquetFile(path).metadata.num_rows
         except Exception:  # a damaged file: its worker reads and quarantines it
             return 0
-    st = os.stat(path)
-    size = min(st.st_size, st.st_blocks * 512) if st.st_blocks else st.st_size
+    size = data_bytes(path)
     with open(path, "rb", buffering=1 << 16) as raw:
         if is_alert_archive(path):
             items = _iter_archive_stream(raw, path, registry)

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from s2v_batch.core.conventions import CHANNELS
-from s2v_batch.core.fsutil import atomic_path
+from s2v_batch.core.fsutil import atomic_path, data_bytes
 from s2v_batch.formats.alertio import estimate_records
 from s2v_batch.ingest.alertunits import alert_registry, read_alert_unit
 from s2v_batch.ingest.stamps import read_unit
@@ -227,8 +227,7 @@ def _unit_stamps(unit: Unit, size: int) -> tuple[int, bool]:
             member = next(
                 (m for m in tf if m.isfile() and STAMP_FILE_RE.match(Path(m.name).name)), None
             )
-        st = Path(unit.archive).stat()
-        total = min(st.st_size, st.st_blocks * 512)  # a sparse hole takes no space to read
+        total = data_bytes(unit.archive)
     except (tarfile.TarError, EOFError):
         return 0, False  # a damaged archive: read (and quarantined) by its worker
     if member is None:
