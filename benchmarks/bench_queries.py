@@ -70,6 +70,7 @@ def night_table(season_i: int, night_i: int, rows: int, rng: np.random.Generator
 
 def build(base: Path, nights: int, seasons: int, rows: int, part_rows: int, variants, seed: int):
     """The 'before' tree and one 'after' tree per variant (reused when complete)."""
+    from s2v_batch.store import publish
     from s2v_batch.store import scores as sink
 
     done = base / "_complete"
@@ -87,12 +88,12 @@ def build(base: Path, nights: int, seasons: int, rows: int, part_rows: int, vari
         before = sink.night_dir(base / "before", season, night)
         before.mkdir(parents=True)
         for i, a in enumerate(range(0, rows, part_rows)):
-            sink.write_part(sink.part_path(before, i, run_id), table.slice(a, part_rows))
+            publish.write_part(sink.part_path(before, i, run_id), table.slice(a, part_rows))
         parts = sorted(before.glob("part-*.parquet"))
         for name, sort, rg in variants:
             folder = sink.night_dir(base / name, season, night)
             folder.mkdir(parents=True)
-            sink.merge_parts(parts, folder, run_id, sort=sort, row_group=rg)
+            publish.merge_parts(parts, folder, run_id, sort=sort, row_group=rg)
         if k % 50 == 0:
             print(f"  built {k + 1}/{nights} nights ({time.perf_counter() - t0:.0f} s)", flush=True)
     done.write_text("ok")

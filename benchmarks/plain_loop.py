@@ -3,7 +3,11 @@ an hour. Zarr slices of 4,096 stamps read by a background thread, a compiled ``t
 call per 512 stamps, a pyarrow ``ParquetWriter``. TensorFlow's defaults (all cores), oneDNN on;
 the model as saved (BatchNorm not folded, as a user loads it).
 
-    python benchmarks/plain_loop.py NIGHT.zarr MODEL.keras OUT.parquet
+    python benchmarks/plain_loop.py NIGHT.zarr MODEL.keras OUT.parquet [bfloat16]
+
+With ``bfloat16`` (issue 27), the loop a user would write for it: the loaded model cloned with
+Keras' ``mixed_bfloat16`` policy on every layer but the normalisation and the output (which the
+architecture keeps float32), nothing else changed.
 
 Prints one JSON line: the stamps, the seconds from the start of the process to the first block
 written and to the end, and the rate after the first block.
@@ -34,6 +38,17 @@ night, model_path, out = sys.argv[1:4]
 BLOCK, BATCH = 4096, 512
 
 model = keras.saving.load_model(model_path, compile=False)
+if sys.argv[4:] == ["bfloat16"]:
+
+    def _bf16(layer):
+        config = layer.get_config()
+        if layer.name not in ("normalize", "score", "guard"):
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    bf16 = keras.models.clone_model(model, clone_function=_bf16)
+    bf16.set_weights(model.get_weights())
+    model = bf16
 group = zarr.open_group(night, mode="r")
 stamps, stamp_ids = group["stamps"], group["stamp_id"][:]
 n = stamps.shape[0]

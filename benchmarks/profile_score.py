@@ -60,7 +60,7 @@ def stages(night: Path, model: Path, n: int, repeats: int) -> dict[str, tuple[fl
 
     from s2v_batch.scoring.driver import get_predictor, nonfinite_reasons, score_block
     from s2v_batch.store import dataset as zstore
-    from s2v_batch.store import scores as sink
+    from s2v_batch.store import publish
     from s2v_batch.store.shardread import StampReader
 
     part = 2048
@@ -118,7 +118,7 @@ def stages(night: Path, model: Path, n: int, repeats: int) -> dict[str, tuple[fl
             else pa.repeat(pa.scalar(ts, pa.timestamp("us", tz="UTC")), k),
             "error": pa.array([None] * k, pa.string()),
         })  # fmt: skip
-        sink.write_part(night.parent / ".profile-part.parquet", t)
+        publish.write_part(night.parent / ".profile-part.parquet", t)
 
     out = {
         "open the night (per task)": (per_stamp(open_before), 0.0),

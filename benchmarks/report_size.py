@@ -28,6 +28,7 @@ import pyarrow as pa
 from s2v_batch.report import write_reports
 from s2v_batch.sim.simulator import simulate_stamps
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 
 
@@ -72,9 +73,9 @@ def build(work: Path, n_nights: int, n_stamps: int, seed: int) -> tuple[Path, Pa
         )
         stage = sink.staging_dir(scores, "Y1", night, "k")
         stage.mkdir(parents=True, exist_ok=True)
-        sink.write_part(sink.part_path(stage, 0, run_id), table)
+        publish.write_part(sink.part_path(stage, 0, run_id), table)
         manifest = {"run_id": run_id, "model_sha256": "0" * 64, "n_stamps": n_stamps}
-        sink.publish_night(stage, scores, "Y1", night, manifest)
+        publish.publish_night(stage, scores, "Y1", night, manifest)
     return store_root, scores
 
 

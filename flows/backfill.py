@@ -58,6 +58,7 @@ def backfill_flow(
     nights: list[int] | None = None,
     max_concurrency: int = 2,
     config: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Ingest, score and report every selected night that is not complete for the current model.
 
@@ -79,6 +80,9 @@ def backfill_flow(
         Nights in flight at once (each night's work is spread over the whole cluster anyway).
     config : str, optional
         Pipeline config YAML.
+    precision : str, optional
+        ``float32``, ``bfloat16`` or ``auto``; default: the config's ``score.precision``
+        (float32). A night scored at another precision is not complete and is scored again.
 
     Returns
     -------
@@ -94,7 +98,7 @@ def backfill_flow(
             f"max_concurrency must be between 1 and {MAX_CONCURRENCY}, got {max_concurrency!r}"
         )
     sel_s, sel_n = pipeline.check_selection(seasons, nights)
-    inputs = pipeline.resolve_inputs(raw, store, out, reports, model, labels, config)
+    inputs = pipeline.resolve_inputs(raw, store, out, reports, model, labels, config, precision)
     plan = plan_backfill(inputs, sel_s, sel_n)
     if not plan.nights:
         what = ", ".join(g.reason for g in plan.missing) or "no stamps at all"

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from s2v_batch.core import faults
+from s2v_batch.core.config import PRECISIONS
 from s2v_batch.ingest.driver import NightResult
 from s2v_batch.pipeline import steps as pipeline
 from s2v_batch.pipeline import summary as runsummary
@@ -115,6 +116,7 @@ def nightly_flow(
     observatory_tz: str = OBSERVATORY_TZ,
     wait_for_data: float = 0.0,
     fail_if_no_data: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Ingest, score and report one night.
 
@@ -149,6 +151,9 @@ def nightly_flow(
         Seconds to wait for the night's raw stamps to appear (late transfers).
     fail_if_no_data : bool
         Fail the run when no stamps came; by default it completes with status ``no-data``.
+    precision : str, optional
+        ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware computes it
+        natively); default: the config's ``score.precision`` (float32).
 
     Returns
     -------
@@ -162,7 +167,7 @@ def nightly_flow(
     logger = get_run_logger()
     night_i = pipeline.resolve_night(night, observatory_tz, _scheduled_time())
     pipeline.check_selection(None if season is None else [season], None)
-    inputs = pipeline.resolve_inputs(raw, store, out, reports, model, labels, config)
+    inputs = pipeline.resolve_inputs(raw, store, out, reports, model, labels, config, precision)
     plan = plan_night(inputs, night_i, season, wait_for_data)
     if not plan.nights:
         if fail_if_no_data:
@@ -208,9 +213,10 @@ def build_deployment(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--timezone", default=OBSERVATORY_TZ, help=f"default {OBSERVATORY_TZ}")
     p.add_argument("--wait-for-data", type=float, default=0.0, help="seconds (default 0)")
     p.add_argument("--name", default="s2v-nightly", help="deployment name")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: the config's (float32)")
     a = p.parse_args(argv)
     last_night(dt.datetime.now(dt.UTC), a.timezone)  # fail now on a bad timezone, not at 09:00
-    names = ("raw", "store", "out", "reports", "model", "cluster", "labels", "config")
+    names = ("raw", "store", "out", "reports", "model", "cluster", "labels", "config", "precision")
     params = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     params.update(observatory_tz=a.timezone, wait_for_data=a.wait_for_data)
     return nightly_flow.to_deployment(

@@ -86,6 +86,7 @@ def make_test_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
                 version=version,
                 architecture="vgg6",
                 threshold=0.5,
+                thresholds={"bfloat16": 0.5},  # scoring at bfloat16 takes its own threshold
                 target_recall=0.99,
                 training_data={"description": "untrained test model", "simulated": True},
             )
@@ -117,3 +118,12 @@ def two_worker_client() -> Iterator[Any]:
         Client(cluster) as client,
     ):
         yield client
+
+
+@pytest.fixture(scope="session")
+def scanned_season(tmp_path_factory: pytest.TempPathFactory, dask_client) -> dict[str, Any]:
+    """Two simulated nights stored and scored by the shipped model, for the scanning tests
+    (``store``, ``scores``, ``season`` and ``truth``: stamp_id -> simulated label)."""
+    from scan_data import build_scanned_season
+
+    return build_scanned_season(tmp_path_factory.mktemp("scanned"), dask_client)

@@ -120,12 +120,13 @@ def test_every_bad_alert_is_quarantined_with_its_reason(client, tmp_path):
     good = [rec(i) for i in range(4)]
     missing = {**rec(4), "cutoutTemplate": None}
     corrupt = {**rec(5), "cutoutScience": {"fileName": "x", "stampData": b"\x1f\x8b\x08junk"}}
-    small = ztf_record(2_000_000_006, "ZTF24aaaaaag", jd, pix[6][:60, :63])
+    # Larger than 63x63 (a smaller one is an edge cut-out, padded: tests/test_alert_edges.py).
+    big = ztf_record(2_000_000_006, "ZTF24aaaaaag", jd, np.pad(pix[6], ((0, 3), (0, 0), (0, 0))))
     dup = rec(0)  # the same candid again, in another member
     members = [(f"{i}.avro", avro_container([r], "ztf")) for i, r in enumerate(good)]
     members += [("m.avro", avro_container([missing], "ztf")),
                 ("c.avro", avro_container([corrupt], "ztf")),
-                ("s.avro", avro_container([small], "ztf")),
+                ("s.avro", avro_container([big], "ztf")),
                 ("d.avro", avro_container([dup], "ztf")),
                 ("u.avro", b"\x07not avro at all")]  # fmt: skip
     write_archive(raw / "ztf_public_20240102.tar.gz", members)
@@ -149,7 +150,7 @@ def test_every_bad_alert_is_quarantined_with_its_reason(client, tmp_path):
     reasons = dict(zip(q["path"].str.rsplit(":", n=1).str[1], q["reason"], strict=True))
     assert reasons["m.avro#0"] == "cutoutTemplate: missing cut-out"
     assert reasons["c.avro#0"].startswith("cutoutScience: corrupt gzip")
-    assert reasons["s.avro#0"] == "cutoutScience: shape (60, 63), expected (63, 63)"
+    assert reasons["s.avro#0"] == "cutoutScience: shape (66, 63), expected (63, 63)"
     assert reasons["d.avro#0"].startswith("duplicate stamp_id in season ZTF2024")
     assert "not Avro" in reasons["u.avro"]
     n2 = s.night("ZTF2024", 20240102)

@@ -31,6 +31,7 @@ from s2v_batch.formats.alertschema import (
     write_schema_files,
     ztf_schema,
 )
+from s2v_batch.formats.avro import read_header
 from s2v_batch.formats.decode import StampError
 from s2v_batch.ingest.alerttree import archive_placement
 from s2v_batch.ingest.alertunits import read_alert_unit
@@ -105,7 +106,7 @@ def test_framed_records_read_with_the_schema_files_of_the_tree(tmp_path):
     assert items[1][1]["diaSource"]["diaSourceId"] == rec["diaSourceId"]
 
 
-@pytest.mark.parametrize("codec", ["null", "deflate", "bzip2"])
+@pytest.mark.parametrize("codec", ["null", "deflate", "snappy", "zstandard", "bzip2", "xz"])
 def test_containers_of_many_blocks_and_codecs_read_whole(tmp_path, codec):
     recs = [_ztf(candid=1_000_000_000 + i, pixels=p) for i, p in enumerate(_pixels(5))]
     buf = io.BytesIO()
@@ -121,6 +122,23 @@ def test_containers_of_many_blocks_and_codecs_read_whole(tmp_path, codec):
     assert isinstance(items[-1][1], AlertReadError) and 2 <= len(items) <= 5
     assert "undecodable Avro container from record" in str(items[-1][1])
     assert all(not isinstance(r, Exception) for _, r in items[:-1])
+
+
+@pytest.mark.parametrize("codec", ["snappy", "bzip2", "xz"])
+def test_a_corrupt_block_of_a_checksummed_codec_is_named(tmp_path, codec):
+    # These codecs carry a checksum of each block (snappy's CRC-32 after it, bzip2 and xz
+    # inside): a flipped byte is found, and the records before that block were read.
+    recs = [_ztf(candid=1_000_000_000 + i, pixels=p) for i, p in enumerate(_pixels(3))]
+    buf = io.BytesIO()
+    fastavro.writer(buf, parsed_schema("ztf"), recs, codec=codec, sync_interval=1)
+    data = bytearray(buf.getvalue())
+    sync = read_header(io.BytesIO(bytes(data)))[1]
+    ends = [i for i in range(len(data)) if data.startswith(sync, i)]
+    data[ends[2] - 40] ^= 0xFF  # inside block 1's compressed bytes (ends[0] closes the header)
+    (tmp_path / "c.avro").write_bytes(bytes(data))
+    items = list(iter_path(str(tmp_path / "c.avro")))
+    assert [r["candid"] for _, r in items[:-1]] == [recs[0]["candid"]]
+    assert f"from record 1 on: ContainerError: corrupt {codec} block" in str(items[-1][1])
 
 
 def test_bare_bytes_are_not_alerts(tmp_path):
@@ -210,9 +228,9 @@ def _ztf_cutout(data: bytes) -> dict:
         ),
         (
             lambda r: _with(
-                r, "cutoutScience", _ztf_cutout(gzip_bytes(fits_bytes(np.zeros((52, 63)), {})))
+                r, "cutoutScience", _ztf_cutout(gzip_bytes(fits_bytes(np.zeros((64, 63)), {})))
             ),
-            "cutoutScience: shape (52, 63), expected (63, 63)",
+            "cutoutScience: shape (64, 63), expected (63, 63)",  # smaller: an edge cut-out, padded
         ),
         (
             lambda r: _with(

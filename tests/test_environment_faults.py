@@ -21,6 +21,7 @@ from s2v_batch.core.faults import EXIT_IOERR, EXIT_NOPERM, classify
 from s2v_batch.ingest.driver import ingest
 from s2v_batch.sim.simulator import simulate
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 from s2v_batch.store.state import current_night, fingerprint_of
 
@@ -86,12 +87,12 @@ def test_unreadable_scores_are_a_fault(tmp_path, monkeypatch, exc, status):
     (night_dir / sink.MANIFEST).write_text(json.dumps({"season": "Y1", "night": 20130901}))
     part = night_dir / "part-x-00000.parquet"
     part.write_bytes(b"not parquet")
-    assert sink.part_rows(part) is None  # damaged: unfinished, as before
+    assert publish.part_rows(part) is None  # damaged: unfinished, as before
     assert sink.read_manifest(tmp_path, "Y1", 20130901) is not None
     monkeypatch.setattr(pq, "ParquetFile", _raising(exc))
     monkeypatch.setattr(Path, "read_text", _raising(exc))
     for call in (
-        lambda: sink.part_rows(part),
+        lambda: publish.part_rows(part),
         lambda: sink.read_manifest(tmp_path, "Y1", 20130901),
         lambda: sink.manifests(tmp_path),
     ):

@@ -204,13 +204,20 @@ def test_idempotent_and_verified_resume(client, raws, tmp_path):
     _dataset_equal(ref_a, zstore.list_nights(b)[0].path)
 
 
-def test_changed_labels_reingest(client, raws, tmp_path):
+def test_changed_labels_are_written_in_place(client, raws, tmp_path):
+    """Labels given later rewrite each night's label array, not its pixels (issue 30)."""
     sim = raws["gif"]
     ingest(sim.out, tmp_path, client, config=CFG, progress=False)
+    path = zstore.list_nights(tmp_path)[0].path
+    shards = {p: p.stat().st_ino for p in (path / "stamps").rglob("*")}
     s = ingest(sim.out, tmp_path, client, labels=sim.labels_csv, config=CFG, progress=False)
-    assert {n.status for n in s.nights} == {"ingested"}
-    ds = xr.open_zarr(zstore.list_nights(tmp_path)[0].path)
+    assert {n.status for n in s.nights} == {"relabelled"}
+    assert "2 relabelled, 0 already complete" in s.line()
+    ds = xr.open_zarr(path)
     assert set(np.unique(ds.label.values)) == {0, 1}
+    assert {p: p.stat().st_ino for p in (path / "stamps").rglob("*")} == shards
+    s = ingest(sim.out, tmp_path, client, labels=sim.labels_csv, config=CFG, progress=False)
+    assert {n.status for n in s.nights} == {"skipped"}
 
 
 def _tree_identity(path: Path) -> dict[str, tuple[int, int]]:
@@ -282,7 +289,7 @@ def _corrupt_copy(src: Path, dst: Path) -> list[dict]:
     ``night`` (None for an unplaced file), a part of ``path`` and the start of ``reason``.
     """
     shutil.copytree(src, dst)
-    night1, night2 = sorted((dst / "Y1").iterdir())
+    night1, night2 = sorted(d for d in (dst / "Y1").iterdir() if d.is_dir())
     n1, n2 = int(night1.name), int(night2.name)
     files = sorted(night1.rglob("*.gif"))
 

@@ -29,6 +29,7 @@ RANK = {
     "training": 2,
     "report": 2,
     "sim": 2,
+    "scan": 2,
     "pipeline": 3,
     "cli": 4,
 }

@@ -266,7 +266,12 @@ def test_season_filter_and_card_provenance(dataset, tmp_path: Path) -> None:
     assert set(summary.seasons) == {"SV"}
     assert sorted(p.name for p in (out / "Y1").iterdir()) == ["report.json"]  # left alone
     rep = load(out, "SV")
-    assert rep["simulated"] is True and "trained on simulated" in rep["data_provenance"]
+    # The rows carry no data_provenance (written by hand): the data are unknown, and the
+    # card's "trained on simulated stamps" is the model's provenance, said apart.
+    assert rep["simulated"] is None and rep["data_kind"] == "unknown"
+    assert "Data provenance unknown" in rep["data_provenance"]
+    assert rep["model_trained_on"] == "simulated"
+    assert "trained on simulated" in rep["model_provenance"]
     assert rep["seconds_per_stamp"] == 1.0
     assert rep["hours_all"] == pytest.approx(rep["n_scored"] / 3600)
     assert rep["target_recall"] == 0.95
@@ -279,19 +284,20 @@ def test_season_filter_and_card_provenance(dataset, tmp_path: Path) -> None:
 
 
 def test_provenance_sentences() -> None:
-    flag, text = _provenance(False, None)
-    assert flag is False and "SIMULATED" not in text
-    flag, text = _provenance(None, None)
-    assert flag is None and "unknown" in text
-    flag, _ = _provenance(
-        None, {"training_data": {"source": "DES Y1 autoscan", "simulated": False}}
-    )
-    assert flag is False
-    flag, text = _provenance(None, {"training_data": {"description": "Simulated DES-like stamps"}})
-    assert flag is True and "SIMULATED" in text
-    # An explicit flag wins over the card.
-    flag, _ = _provenance(False, {"training_data": {"simulated": True}})
-    assert flag is False
+    p = _provenance("survey", None)
+    assert p["simulated"] is False and "SIMULATED" not in p["data_provenance"]
+    assert p["model_trained_on"] == "unknown" and p["model_warning"] is None
+    p = _provenance(None, None)
+    assert p["simulated"] is None and "unknown" in p["data_provenance"]
+    p = _provenance("survey", {"training_data": {"source": "DES Y1 autoscan", "simulated": False}})
+    assert p["model_trained_on"] == "survey" and p["model_warning"] is None
+    p = _provenance("survey", {"training_data": {"description": "Simulated DES-like stamps"}})
+    assert p["simulated"] is False and p["model_trained_on"] == "simulated"
+    assert "model trained on simulated stamps" in p["model_warning"]
+    p = _provenance("simulated", {"training_data": {"simulated": True}})
+    assert p["simulated"] is True and "SIMULATED DATA" in p["data_provenance"]
+    assert p["model_warning"] is None  # simulated data, simulated model: nothing to warn of
+    assert _provenance("mixed", None)["data_kind"] == "mixed"
 
 
 # -- errors -----------------------------------------------------------------------------------

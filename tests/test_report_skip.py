@@ -13,6 +13,7 @@ from report_rows import SHA, make_night, write_part
 
 from s2v_batch.report import REPORT_FILES, rerender, write_reports
 from s2v_batch.store import scores as sink
+from s2v_batch.store.publish import publish_night
 
 NIGHTS = (20140901, 20140902, 20140903)
 
@@ -24,7 +25,7 @@ def publish(root: Path, night: int, seed: int, season: str = "Y2") -> str:
     stage = sink.staging_dir(root, season, night, "k")
     write_part(sink.part_path(stage, 0, run_id), rows)
     manifest = {"run_id": run_id, "model_sha256": SHA, "n_stamps": 300, "season": season}
-    sink.publish_night(stage, root, season, night, manifest)
+    publish_night(stage, root, season, night, manifest)
     return run_id
 
 

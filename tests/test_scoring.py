@@ -24,6 +24,7 @@ from s2v_batch.core.config import ScoreConfig
 from s2v_batch.scoring.driver import ScoringError, WarmUp, prefetched_blocks, score
 from s2v_batch.sim.simulator import simulate_stamps
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 
 N_STAMPS = 1500
@@ -302,7 +303,7 @@ def test_a_listing_taken_before_a_swap_never_reads_a_mix(
     import pyarrow.dataset as ds
 
     # A night of several published files, as a night past PUBLISH_FILE_ROWS rows is.
-    monkeypatch.setattr(sink, "PUBLISH_FILE_ROWS", SHARD)
+    monkeypatch.setattr(publish, "PUBLISH_FILE_ROWS", SHARD)
     out = tmp_path / "scores"
     kw = dict(config=CFG, season="Y1", night=20130901, progress=False)
     score(stored, out, client, model_path=models[0], **kw)
@@ -452,7 +453,7 @@ def _plant(part: Path, row: int = 0) -> int:
         ("is_candidate", pa.array(cand, pa.bool_())),
     ):
         table = table.set_column(table.schema.get_field_index(name), name, values)
-    sink.write_part(part, table, table.schema)
+    publish.write_part(part, table, table.schema)
     return int(table.column("stamp_id")[row].as_py())
 
 

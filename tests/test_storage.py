@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from s2v_batch.core import encoding as enc
 from s2v_batch.core.config import ConfigError, IngestConfig
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 from s2v_batch.store import state as nightstate
 from s2v_batch.store.shardread import CorruptShardError, StampReader
@@ -203,13 +204,13 @@ def test_merge_parts_keeps_every_row_sorted_in_row_groups(tmp_path_factory, size
     for i, n in enumerate(sizes):
         scores = rng.random(n).astype(np.float32)
         scores[rng.random(n) < 0.05] = np.nan
-        sink.write_part(
+        publish.write_part(
             sink.part_path(d / "stage", i, "r" * 32), _part(np.arange(start, start + n), scores)
         )
         parts.append(sink.part_path(d / "stage", i, "r" * 32))
         start += n
     (d / "out").mkdir()
-    files = sink.merge_parts(parts, d / "out", "a" * 32, row_group=rg, file_rows=file_rows)
+    files = publish.merge_parts(parts, d / "out", "a" * 32, row_group=rg, file_rows=file_rows)
     assert [f.name for f in files] == [
         f"part-{'a' * 12}-{i:05d}.parquet" for i in range(len(files))
     ]
@@ -235,10 +236,12 @@ def test_publish_leaves_one_file_and_no_parts(tmp_path):
     stage = sink.staging_dir(tmp_path, "Y1", 20130901, "key")
     stage.mkdir(parents=True)
     for i in range(3):
-        sink.write_part(sink.part_path(stage, i, "s" * 32), _part(np.arange(i * 10, i * 10 + 10),
+        publish.write_part(sink.part_path(stage, i, "s" * 32), _part(np.arange(i * 10, i * 10 + 10),
                                                         np.linspace(0, 1, 10, dtype=np.float32)))  # fmt: skip
-    run_id = sink.run_identity(stage)["run_id"]
-    dest = sink.publish_night(stage, tmp_path, "Y1", 20130901, {"n_stamps": 30, "run_id": run_id})
+    run_id = publish.run_identity(stage)["run_id"]
+    dest = publish.publish_night(
+        stage, tmp_path, "Y1", 20130901, {"n_stamps": 30, "run_id": run_id}
+    )
     names = sorted(p.name for p in dest.iterdir())
     assert names == ["_manifest.json", f"part-{run_id[:12]}-00000.parquet"]
     assert not stage.exists() and not stage.with_name("key.publish").exists()

@@ -247,6 +247,14 @@ def test_threshold_keeps_the_target_recall_on_validation(trained, stores) -> Non
     assert c.fp == trained.card.validation_metrics["fp"]
     # The threshold is the highest that keeps the target: any higher loses a real stamp.
     assert metrics.confusion(s, lab, np.nextafter(np.float32(pred.threshold), 1)).recall < 0.99
+    # Issue 27: the card's bfloat16 threshold is the same choice on the bfloat16 scores.
+    bf16 = M.Predictor(trained.model_path, batch_size=64, precision="bfloat16")
+    t16 = trained.card.threshold_for("bfloat16")
+    assert bf16.threshold == t16
+    s16 = np.concatenate([bf16.predict(stores[f][0][(D.split_of(stores[f][1]) == D.VALIDATION)
+                                                    & (stores[f][2] != -1)]) for f in ("gif", "fits")])  # fmt: skip
+    assert metrics.confusion(s16, lab, t16).recall >= 0.99
+    assert metrics.confusion(s16, lab, np.nextafter(np.float32(t16), 1)).recall < 0.99
 
 
 def _train(nights: list, out: Path, config: TrainConfig | None = None) -> T.TrainResult:

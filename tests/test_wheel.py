@@ -191,3 +191,14 @@ def test_s2v_nightly_and_score_run_from_the_wheel_outside_the_checkout(installed
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("s2v score: error: cluster spec 'no-such-spec' does not exist")
     assert "local" in line and "slurm" in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT)
+def test_the_wheel_ships_the_scanning_page(installed):
+    """`s2v scan` serves its page, script and style from package data: they are in the wheel."""
+    import zipfile
+
+    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    for f in ("templates/scan.html", "static/scan.js", "static/scan.css"):
+        assert f"s2v_batch/scan/{f}" in names, f

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from s2v_batch import __version__
+from s2v_batch.core.config import PRECISIONS
 from s2v_batch.core.conventions import is_night, is_season
 from s2v_batch.core.encoding import EncodingError, keepbits
 
@@ -131,6 +132,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
+def _add_precision(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="what the model computes in: float32, bfloat16 (about 1.6x the stamps a core on "
+        "CPUs with AVX512-BF16 or AMX and GPUs of compute capability >= 8.0; slower where "
+        "emulated; scored against the card's bfloat16 threshold), or auto (bfloat16 where "
+        "native, else float32 with a warning); default: the config's score.precision (float32)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``s2v`` argument parser."""
     p = _Parser(
@@ -146,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug",
         action="store_true",
         help="on an error, show the traceback and every log line on the terminal as well",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print what usually goes to the run log only (the Dask dashboard's address)",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -190,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--season", type=_season, help="with --night: only this season")
     s.add_argument("--night", type=_night, action="append", help="only this night (repeatable)")
     s.add_argument("--config", metavar="YAML", help="pipeline config (ingest section)")
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the nights that would be ingested (or relabelled) and why; change nothing",
+    )
     s.add_argument(
         "--float-encoding",
         type=_float_encoding,
@@ -236,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_progress(s)
 
+    s.add_argument(
+        "--verdicts",
+        metavar="DB",
+        help="train on people's verdicts (a verdict database: SQLite file or postgresql:// URL) "
+        "for stamps already in the store: their consensus replaces the stored labels of the "
+        "stamps it decides (the others keep theirs; unlabelled nights hold -1)",
+    )
+
     s = sub.add_parser("score", help="score stored stamps into hive-partitioned Parquet")
     s.add_argument("store", help="Zarr store root")
     s.add_argument(
@@ -252,13 +282,42 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="stamps per scoring task and Parquet part (default 2048; configs/gpu.yaml: 32768)",
     )
-    s.add_argument("--mixed-precision", action="store_true", help="bf16 compute (for GPUs)")
+    _add_precision(s)
+    s.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score every selected night again, also those whose scores are complete for this "
+        "model, threshold, precision, stored data and labels (skipped by default)",
+    )
+    s.add_argument(
+        "--mixed-precision",
+        action="store_const",
+        const="bfloat16",
+        dest="precision",
+        help="old name of --precision bfloat16",
+    )
     s.add_argument(
         "--config", metavar="YAML", help="pipeline config (score section; GPUs: configs/gpu.yaml)"
     )
     _add_lock_wait(s, "night's scores")
     _add_cluster(s)
     _add_progress(s)
+
+    s = sub.add_parser(
+        "threshold",
+        help="add a model card's bfloat16 threshold, chosen on its own validation stamps "
+        "(for cards written before s2v train wrote it; no retraining)",
+    )
+    s.add_argument("model", help="model card .json (or its .keras); the card is updated")
+    s.add_argument(
+        "--store",
+        action="append",
+        help="store(s) holding the model's training nights (default: the card's recorded "
+        "stores, else for a simulated model the nights simulated again from its card's recipe)",
+    )
+    s.add_argument("--workdir", help="where a rebuild simulates and ingests (default: a temp dir)")
+    s.add_argument("--dry-run", action="store_true", help="print the thresholds, write nothing")
+    _add_cluster(s)
 
     s = sub.add_parser("report", help="per-season and per-night reports (JSON, HTML, PNG)")
     s.add_argument("scores", help="Parquet scores root")
@@ -269,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--store",
         help="Zarr store the scores came from: adds stamp galleries (without it they are skipped)",
+    )
+    s.add_argument(
+        "--verdicts",
+        metavar="DB",
+        help="scanners' verdict database for the Scanning section (SQLite file or postgresql:// "
+        "URL; default SCORES/_verdicts.sqlite where it exists)",
     )
 
     for name, helptext in (
@@ -293,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--max-concurrency", type=_positive_int, default=2, help="nights at once"
             )
+            s.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="list the nights that would run and why (new labels, raw files changed, "
+                "new model ...); start nothing, change nothing",
+            )
         s.add_argument("--store", required=True, help="Zarr store root")
         s.add_argument("--out", required=True, help="Parquet scores root")
         s.add_argument("--reports", required=True, help="reports folder")
@@ -303,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--labels", metavar="CSV", help="labels CSV (default RAW/autoscan_features.3.csv)"
         )
         s.add_argument("--config", metavar="YAML", help="pipeline config file")
+        _add_precision(s)
         _add_cluster(s)
         if name == "nightly":
             _add_progress(s)
@@ -313,4 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stamps-per-night", type=_positive_int, default=2000, help="default 2000")
     s.add_argument("--seed", type=int, default=7, help="default 7")
     _add_cluster(s)
+    _add_scanning(sub)
     return p
+
+
+def _add_scanning(sub: argparse._SubParsersAction) -> None:
+    """``s2v scan`` (the scanning page) and ``s2v labels export`` (its verdicts as labels)."""
+    s = sub.add_parser("scan", help="serve the scanning page: people judge candidates, r/b/s/u")
+    s.add_argument("scores", help="Parquet scores root (its candidates are scanned)")
+    s.add_argument("--store", required=True, help="Zarr store the scores were made from")
+    s.add_argument("--season", type=_season, help="only this season")
+    s.add_argument("--night", type=_night, help="only this night")
+    s.add_argument(
+        "--db",
+        metavar="URL",
+        help="verdict database: a SQLite file or postgresql://user@host/db "
+        "(default SCORES/_verdicts.sqlite)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any "
+                   "other requires the token printed in the URL)")  # fmt: skip
+    s.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    s.add_argument("--per-stamp", type=_positive_int, default=1, metavar="K",
+                   help="independent real/bogus verdicts wanted a stamp (default 1)")  # fmt: skip
+    s = sub.add_parser("labels", help="labels from people's verdicts")
+    lsub = s.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    e = lsub.add_parser("export", help="the verdicts' consensus as an autoscan labels CSV")
+    e.add_argument("db", help="verdict database: a SQLite file or a postgresql:// URL")
+    e.add_argument("--out", required=True, help="the CSV to write (ID, OBJECT_TYPE, N_VERDICTS...)")
+    e.add_argument("--season", type=_season, help="only this season")

@@ -21,6 +21,8 @@ from s2v_batch.core.faults import EXIT_ERROR, EXIT_USAGE
 from s2v_batch.core.runlog import run_log
 from s2v_batch.model import load_card
 from s2v_batch.pipeline.cluster import open_client
+from s2v_batch.pipeline.thresholds import recompute_thresholds
+from s2v_batch.scan.labels import export_labels
 from s2v_batch.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -99,14 +101,46 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     if a.night and not a.season:
         raise IngestError("--night needs --season (the season the night belongs to)")
     nights = {(a.season, n) for n in a.night} if a.night else None
+    if a.dry_run:
+        return _dry_run_ingest(a, cfg, nights)
     with open_client(a.cluster) as client:
-        print(f"dask dashboard: {client.dashboard_link}")
+        _dashboard(a, client)
         s = ingest(a.raw, a.store, client, labels=a.labels, config=cfg.ingest, nights=nights,
                    progress=not a.no_progress)  # fmt: skip
     for n in s.nights:
         if n.n_quarantined:
             print(f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see {n.quarantine})")
     print(s.line())
+    return 0
+
+
+def _dashboard(a: argparse.Namespace, client) -> None:
+    """The Dask dashboard's address: in the run log, and on the terminal with --verbose."""
+    import logging
+
+    logging.getLogger("s2v").info("dask dashboard: %s", client.dashboard_link)
+    if a.verbose:
+        print(f"dask dashboard: {client.dashboard_link}")
+
+
+def _warn(line: str) -> None:
+    """A status line of the library: warnings to stderr, the rest to the run log."""
+    import logging
+
+    if line.startswith("warning"):
+        print(line, file=sys.stderr)
+    logging.getLogger("s2v").info("%s", line)
+
+
+def _dry_run_ingest(a: argparse.Namespace, cfg, nights) -> int:
+    """``s2v ingest --dry-run``: what each night needs, and why; nothing is written."""
+    # deferred: the command loads its own heavy libraries only when it runs
+    from s2v_batch.ingest.driver import dry_run
+
+    lines, summary = dry_run(a.raw, a.store, labels=a.labels, config=cfg.ingest, nights=nights)
+    for line in lines:
+        print(line)
+    print(summary)
     return 0
 
 
@@ -133,7 +167,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     command = shlex.join(["s2v", *sys.argv[1:]]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
-    r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress)
+    r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress,
+              verdicts=a.verdicts)  # fmt: skip
     print(f"train: {r.line()}")
     return 0
 
@@ -148,16 +183,25 @@ def cmd_score(a: argparse.Namespace) -> int:
         score={
             "batch_size": a.batch_size,
             "threshold": a.threshold,
-            "mixed_precision": a.mixed_precision or None,
+            "precision": a.precision,
             "part_stamps": a.part_stamps,
             "lock_wait": a.lock_wait,
         },
     )
     with open_client(a.cluster, work="score") as client:
-        print(f"dask dashboard: {client.dashboard_link}")
+        _dashboard(a, client)
         s = score(a.store, a.out, client, model_path=a.model, season=a.season, night=a.night,
-                  config=cfg.score, progress=not a.no_progress)  # fmt: skip
+                  config=cfg.score, skip_complete=not a.rescore, progress=not a.no_progress,
+                  log=_warn)  # fmt: skip
     print(s.line())
+    return 0
+
+
+def cmd_threshold(a: argparse.Namespace) -> int:
+    _must_exist(a.model, "model")
+    r = recompute_thresholds(a.model, stores=a.store, workdir=a.workdir, cluster=a.cluster,
+                             dry_run=a.dry_run)  # fmt: skip
+    print(r.line())
     return 0
 
 
@@ -169,7 +213,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     # Provenance: the model named, else the newest model that scored these nights.
     card = load_card(a.model).to_dict() if a.model else newest_model(a.scores, a.season)
     r = write_reports(a.scores, a.out, season=a.season, seconds_per_stamp=a.seconds_per_stamp,
-                      model_card=card, store=a.store)  # fmt: skip
+                      model_card=card, store=a.store, verdicts=a.verdicts)  # fmt: skip
     print(r.line())
     return 0
 
@@ -182,6 +226,7 @@ def cmd_nightly(a: argparse.Namespace) -> int:
         raw=a.raw, night=a.night, store=a.store, out=a.out, reports=a.reports, model=a.model,
         cluster=a.cluster, labels=a.labels, season=a.season, config=a.config,
         progress=not a.no_progress, wait_for_data=a.wait_for_data, fail_if_no_data=True,
+        precision=a.precision,
     )  # fmt: skip
     print(out["line"])
     return 0
@@ -191,13 +236,31 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     _must_exist(a.raw, "raw input")
     from s2v_flows.backfill import backfill_flow
 
+    if a.dry_run:
+        return _dry_run_backfill(a)
     out = backfill_flow(
         raw=a.raw, store=a.store, out=a.out, reports=a.reports, model=a.model,
         cluster=a.cluster, labels=a.labels, seasons=a.season, nights=a.night,
-        max_concurrency=a.max_concurrency, config=a.config,
+        max_concurrency=a.max_concurrency, config=a.config, precision=a.precision,
     )  # fmt: skip
     print(out["line"])
     return _backfill_status(out["failed"], a.run_log.where())
+
+
+def _dry_run_backfill(a: argparse.Namespace) -> int:
+    """``s2v backfill --dry-run``: the plan, night by night with the reason each would run."""
+    # deferred: the command loads its own heavy libraries only when it runs
+    from s2v_batch.pipeline.steps import dry_run, resolve_inputs
+
+    lines, summary = dry_run(
+        resolve_inputs(a.raw, a.store, a.out, a.reports, model=a.model, labels=a.labels,
+                       config=a.config, precision=a.precision),
+        seasons=a.season, nights=a.night,
+    )  # fmt: skip
+    for line in lines:
+        print(line)
+    print(summary)
+    return 0
 
 
 def _backfill_status(failed: list[dict], where_log: str) -> int:
@@ -228,6 +291,23 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(a: argparse.Namespace) -> int:
+    _must_exist(a.scores, "scores root")
+    _must_exist(a.store, "store")
+    # deferred: the command loads its own heavy libraries only when it runs
+    from s2v_batch.scan.server import prepare, serve
+
+    scanning = prepare(a.scores, a.store, season=a.season, night=a.night, db=a.db,
+                       per_stamp=a.per_stamp)  # fmt: skip
+    serve(scanning, host=a.host, port=a.port)
+    return 0
+
+
+def cmd_labels(a: argparse.Namespace) -> int:
+    print(export_labels(a.db, a.out, season=a.season).line())
+    return 0
+
+
 #: What each command runs.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": cmd_simulate,
@@ -235,9 +315,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "score": cmd_score,
     "report": cmd_report,
+    "threshold": cmd_threshold,
     "nightly": cmd_nightly,
     "backfill": cmd_backfill,
     "demo": cmd_demo,
+    "scan": cmd_scan,
+    "labels": cmd_labels,
 }
 
 #: Modules a command imports anyway, imported before the run log takes over the terminal so that

@@ -38,7 +38,8 @@ class IngestConfig:
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
     lock_wait: seconds to wait for another writer of the same season. float_encoding: how float
     (FITS) stamps are stored, ``lossless`` or ``bitround-K`` (:mod:`s2v_batch.core.encoding`; uint8
-    stamps are always lossless).
+    stamps are always lossless). edge_cutouts: ``pad`` (default) or ``quarantine`` ZTF cut-outs
+    cut short by a CCD edge (see ``edge_for``).
     """
 
     stamp_size: int = STAMP_SIZE
@@ -52,12 +53,24 @@ class IngestConfig:
     #: Seconds to wait while another process ingests the same season (then StoreBusyError).
     lock_wait: float = 3600.0
     float_encoding: str = "lossless"
+    #: ZTF cut-outs smaller than 63x63 (cut short by a CCD edge): ``pad`` them back on the
+    #: edge's side (the pad counted in masked_fraction) and score them, or ``quarantine`` them.
+    edge_cutouts: str = "pad"
+    #: What a night's raw fingerprint reads of each raw file: ``stat`` (its path relative to the
+    #: raw root, size and mtime: one stat, and a tree copied with ``cp -a`` keeps it) or
+    #: ``content`` (its path and a sha256 of its bytes: every file read, and a copy that does not
+    #: keep mtimes keeps it too).
+    fingerprint: str = "stat"
 
     def __post_init__(self) -> None:
         try:
             keepbits(self.float_encoding)
         except EncodingError as exc:
             raise ConfigError(f"float_encoding: {exc}") from None
+        if self.fingerprint not in ("stat", "content"):
+            raise ConfigError(f"fingerprint must be stat or content, got {self.fingerprint!r}")
+        if self.edge_cutouts not in ("pad", "quarantine"):
+            raise ConfigError(f"edge_cutouts must be pad or quarantine, got {self.edge_cutouts!r}")
         for name in (
             "stamp_size",
             "ztf_stamp_size",
@@ -77,21 +90,54 @@ class IngestConfig:
             survey, self.stamp_size
         )
 
+    def edge_for(self, survey: str) -> str | None:
+        """How a survey's edge cut-outs are handled (``edge_cutouts``); None for DES, whose
+        stamps have no edge cut-outs (its stored nights' fingerprints stay as they were)."""
+        return None if survey == "des" else self.edge_cutouts
+
+
+#: The precisions a night can be scored at (``ScoreConfig.precision``, ``s2v score --precision``):
+#: ``auto`` becomes ``bfloat16`` where the hardware computes it natively, else ``float32``
+#: (:func:`s2v_batch.model.precision.resolve_precision`).
+PRECISIONS = ("float32", "bfloat16", "auto")
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How scoring runs: model batch size, threshold override, mixed precision (GPUs), stamps
-    per task (one Parquet part each: small enough that every worker gets several), and seconds
-    to wait for another writer of the same night."""
+    """How scoring runs: model batch size, threshold override, precision (``float32``,
+    ``bfloat16`` or ``auto``; see :data:`PRECISIONS`), stamps per task (one Parquet part each:
+    small enough that every worker gets several), and seconds to wait for another writer of the
+    same night. ``mixed_precision`` is the old name of ``precision: bfloat16`` (True) and
+    ``float32`` (False), still read; giving both is refused."""
 
     batch_size: int = 512
     threshold: float | None = None
-    mixed_precision: bool = False
+    precision: str = "float32"
+    mixed_precision: bool | None = None
     part_stamps: int = 2048
     #: Seconds to wait while another process scores the same night (then StoreBusyError).
     lock_wait: float = 3600.0
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is not None:
+            if not isinstance(self.mixed_precision, bool):
+                raise ConfigError(
+                    f"mixed_precision must be true or false, got {self.mixed_precision!r}; "
+                    "it is the old name of precision (float32, bfloat16, auto)"
+                )
+            old = "bfloat16" if self.mixed_precision else "float32"
+            if self.precision not in ("float32", old):
+                raise ConfigError(
+                    f"mixed_precision: {str(self.mixed_precision).lower()} contradicts precision: "
+                    f"{self.precision}; give precision only (float32, bfloat16, auto)"
+                )
+            # The old name is translated once, here: everything downstream reads precision.
+            object.__setattr__(self, "precision", old)
+            object.__setattr__(self, "mixed_precision", None)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         check_positive("batch_size", self.batch_size)
         check_positive("part_stamps", self.part_stamps)
         _seconds("lock_wait", self.lock_wait)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -98,14 +99,21 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def file_identity(path: str | os.PathLike[str]) -> str:
-    """``<absolute path>:<size>:<mtime in ns>`` of a file: what a fingerprint of it is made of.
-
-    Cheap (one ``stat``) and changes whenever the file is rewritten, replaced or touched.
-    """
-    p = Path(path)
-    st = p.stat()
-    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+def raw_identity(
+    path: str | os.PathLike[str], root: str | os.PathLike[str], content: bool = False
+) -> str:
+    """One raw file's line in a night's raw fingerprint: its path relative to ``root``, and its
+    size and mtime (one ``stat``; a tree moved or copied with ``cp -a`` keeps it) or, with
+    ``content``, a sha256 of its bytes (every byte read; survives a copy that drops mtimes)."""
+    rel = os.path.relpath(path, root)
+    if content:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"{rel}\0sha256:{h.hexdigest()}\n"
+    st = os.stat(path)
+    return f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"
 
 
 def data_bytes(path: str | os.PathLike[str]) -> int:

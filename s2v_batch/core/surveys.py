@@ -1,8 +1,10 @@
 """What differs between the surveys s2v-batch reads: DES stamps, ZTF and Rubin alert packets.
 
 A :class:`Survey` says where the survey observes (the night calendar), how its stamps are sized
-(DES and ZTF: exactly ``stamp_size``, anything else quarantined; Rubin: cut-outs of any size are
-centre-cropped or padded to the configured size, the pad counted in ``masked_fraction``), which
+(DES and ZTF: exactly ``stamp_size``, anything else quarantined, except ZTF cut-outs cut short by
+a CCD edge, padded on that edge's side unless ``IngestConfig.edge_cutouts`` says quarantine;
+Rubin: cut-outs of any size are centre-cropped or padded to the configured size; a pad is
+counted in ``masked_fraction``), which
 alert field is the stamp ID and which alert fields are kept per stamp.
 
 The kept fields (:class:`Column`) are 1-D arrays of the night dataset (beside ``stamp_id``) and
@@ -26,6 +28,10 @@ from s2v_batch.core.nights import SURVEY_TZ
 ZTF_STAMP_SIZE = 63
 #: Default stamp edge Rubin cut-outs are cropped or padded to (their size varies per alert).
 RUBIN_STAMP_SIZE = 63
+#: (rows, columns) of the image a ZTF cut-out is cut from: one readout-channel quadrant,
+#: NAXIS2 x NAXIS1 = 3080 x 3072 pixels. A cut-out within 31 pixels of its edge is smaller than
+#: 63x63 (its FITS header says nothing of where it lies; ``candidate.xpos/ypos`` does).
+ZTF_FRAME_SHAPE = (3080, 3072)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ class Survey:
     #: The alert field that is the stamp ID (None: DES, the file names' IDs).
     id_field: str | None
     columns: tuple[Column, ...]
+    #: (rows, columns) of the image cut-outs are cut from, where known: an "exact" survey's
+    #: cut-out smaller than the stamp is an edge cut-out, padded on the side of the nearer edge
+    #: (``formats.alertpackets.pad_edge_cutout``).
+    frame_shape: tuple[int, int] | None = None
 
     @property
     def is_alert(self) -> bool:
@@ -108,7 +118,9 @@ class Survey:
 
 SURVEY = {
     "des": Survey("des", SURVEY_TZ["des"], STAMP_SIZE, "exact", None, ()),
-    "ztf": Survey("ztf", SURVEY_TZ["ztf"], ZTF_STAMP_SIZE, "exact", "candid", _COMMON + _ZTF),
+    "ztf": Survey(
+        "ztf", SURVEY_TZ["ztf"], ZTF_STAMP_SIZE, "exact", "candid", _COMMON + _ZTF, ZTF_FRAME_SHAPE
+    ),
     "rubin": Survey(
         "rubin", SURVEY_TZ["rubin"], RUBIN_STAMP_SIZE, "crop_pad", "diaSourceId", _COMMON + _RUBIN
     ),

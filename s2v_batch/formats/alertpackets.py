@@ -5,9 +5,19 @@ Both surveys' packets (and their Parquet exports) arrive as records (dicts) from
 the cut-outs are ``{"fileName", "stampData": gzipped FITS}`` records of 63x63 pixels. Rubin:
 ``diaSourceId`` (top level from schema v8, ``diaSource.diaSourceId`` before) is the stamp ID,
 ``diaSource.midpointMjdTai`` the time, the cut-outs are FITS bytes of any size. Schema versions
-read: ZTF 3.x-4.02 (``drb`` is null before 3.3), Rubin 7.0-11.0 (earlier ones have no science
-cut-out: their packets are quarantined for it). Channels: ``srch, temp, diff`` = science,
-template, difference.
+read: ZTF 1.7-4.02 (``drb`` is null before 3.3; the pre-launch 1.x packets before 1.7 carry JPEG
+cut-outs, quarantined for it), Rubin 7.0-11.0 (earlier ones have no science cut-out: their
+packets are quarantined for it). Channels: ``srch, temp, diff`` = science, template, difference.
+
+Edge cut-outs: a ZTF cut-out within 31 pixels of its quadrant's edge is cut short on that side
+(``shape (63, 53)``). It is padded back to 63x63 on that side, so that the candidate stays at the
+centre pixel as in every other stamp, with NaN (masked: filled and counted in
+``masked_fraction`` by :func:`~s2v_batch.formats.decode.combine_channels`). The side is the
+nearer edge of the quadrant by ``candidate.xpos/ypos`` (checked on ZTF's real edge cut-outs:
+``ypos`` 10.4 and 13.9 lost rows 0.., ``xpos`` 3051 lost the columns past 3072); the cut-outs'
+FITS headers hold no position. Without a position, the side whose border row or column holds
+more NaN pixels (the off-chip side, on the same real cut-outs); without either, both sides.
+ZTF's Kowalski pads on the far side always, which moves a low-edge candidate off-centre.
 
 Reading a whole unit of alert inputs on a worker is :mod:`s2v_batch.ingest.alertunits`.
 """
@@ -102,13 +112,80 @@ def fit_to_size(arr: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def cutout_pixels(value: Any, survey: Survey, size: int) -> np.ndarray:
+#: How an "exact" survey's edge cut-outs are handled (``IngestConfig.edge_cutouts``).
+EDGE_POLICIES = ("pad", "quarantine")
+
+
+def _pad_before(n: int, size: int, pos: float | None, extent: int | None, bad: np.ndarray) -> int:
+    """Rows (or columns) of pad before the cut-out along one axis (see the module docstring)."""
+    missing = size - n
+    if missing <= 0:
+        return 0
+    if pos is not None and extent and math.isfinite(pos):
+        return missing if pos < extent / 2 else 0
+    first, last = int(bad[0].sum()), int(bad[-1].sum())
+    if first != last:
+        return missing if first > last else 0
+    return missing // 2
+
+
+def pad_edge_cutout(
+    arr: np.ndarray,
+    size: int,
+    position: tuple[float | None, float | None] = (None, None),
+    frame_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """An edge cut-out padded with NaN to ``(size, size)`` on the side of the edge it was cut at.
+
+    Parameters
+    ----------
+    arr : ndarray
+        The cut-out, at most ``size`` along each axis (row 0 = the FITS image's first row).
+    size : int
+        Stamp edge.
+    position : (x, y)
+        The candidate's pixel position on the image the cut-out was cut from (ZTF
+        ``candidate.xpos``, ``ypos``), or None where unknown.
+    frame_shape : (rows, columns), optional
+        That image's shape (ZTF: the readout quadrant, 3080 x 3072).
+    """
+    h, w = arr.shape
+    bad = ~np.isfinite(arr)
+    ny, nx = frame_shape if frame_shape else (None, None)
+    y0 = _pad_before(h, size, position[1], ny, bad)
+    x0 = _pad_before(w, size, position[0], nx, bad.T)
+    out = np.full((size, size), np.nan, dtype=np.float32)
+    out[y0 : y0 + h, x0 : x0 + w] = arr
+    return out
+
+
+def _position(rec: dict[str, Any]) -> tuple[float | None, float | None]:
+    c = rec.get("candidate") or {}
+    x, y = c.get("xpos"), c.get("ypos")
+    return (
+        float(x) if isinstance(x, float | int) else None,
+        float(y) if isinstance(y, float | int) else None,
+    )
+
+
+def cutout_pixels(
+    value: Any,
+    survey: Survey,
+    size: int,
+    edge: str = "pad",
+    position: tuple[float | None, float | None] = (None, None),
+) -> np.ndarray:
     """Pixels of one cut-out field (a ZTF cutout record, or Rubin's bytes), fitted to ``size``.
+
+    ``edge``: what to do with an "exact" survey's cut-out smaller than ``size`` (an edge
+    cut-out): ``pad`` it on the side ``position`` says (:func:`pad_edge_cutout`) or
+    ``quarantine`` it.
 
     Raises
     ------
     StampError
-        Missing, empty, corrupt, or (ZTF) of another size.
+        Missing, empty, corrupt, JPEG, or (ZTF) larger than ``size`` or an edge cut-out that
+        ``edge`` says to quarantine.
     """
     if isinstance(value, dict):
         value = value.get("stampData")
@@ -121,9 +198,17 @@ def cutout_pixels(value: Any, survey: Survey, size: int) -> np.ndarray:
         raise StampError("empty")
     if data[:2] == b"\x1f\x8b":
         data = _inflate(data)
-    exact = survey.fit == "exact"
-    arr = decode_fits(data, size if exact else None)
-    return arr if exact else fit_to_size(arr, size)
+    if data[:3] == b"\xff\xd8\xff":
+        raise StampError("JPEG cut-out, not FITS (ZTF's pre-launch packets, schema 1.x)")
+    arr = decode_fits(data, None)
+    if survey.fit != "exact":
+        return fit_to_size(arr, size)
+    if arr.shape == (size, size):
+        return arr
+    if max(arr.shape) > size or edge != "pad":
+        why = "" if max(arr.shape) > size else " (edge cut-out; edge_cutouts: quarantine)"
+        raise StampError(f"shape {arr.shape}, expected {(size, size)}{why}")
+    return pad_edge_cutout(arr, size, position, survey.frame_shape)
 
 
 def _num(value: Any) -> float:
@@ -190,9 +275,12 @@ def record_fields(rec: dict[str, Any], survey: Survey) -> dict[str, Any]:
 
 
 def alert_stamp(
-    rec: dict[str, Any], survey: Survey, size: int
+    rec: dict[str, Any], survey: Survey, size: int, edge: str = "pad"
 ) -> tuple[int, np.ndarray, float, dict[str, Any]]:
     """A packet as ``(stamp_id, pixels (size, size, 3) float32, masked_fraction, fields)``.
+
+    ``edge``: ``pad`` (edge cut-outs padded, the pad counted in ``masked_fraction``) or
+    ``quarantine`` (:data:`EDGE_POLICIES`, :func:`cutout_pixels`).
 
     Raises
     ------
@@ -207,9 +295,10 @@ def alert_stamp(
     if sid is None:
         raise StampError(f"undecodable record: no integer {survey.id_field}")
     arrays = []
+    position = _position(rec) if survey.name == "ztf" else (None, None)
     for field in CUTOUT_FIELDS:
         try:
-            arrays.append(cutout_pixels(rec.get(field), survey, size))
+            arrays.append(cutout_pixels(rec.get(field), survey, size, edge, position))
         except StampError as exc:
             reason = "missing cut-out" if str(exc) == "missing" else f"{exc}"
             raise StampError(f"{field}: {reason}") from None

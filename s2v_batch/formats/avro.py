@@ -5,15 +5,24 @@ ZTF publishes every alert as its own container file, each carrying the full writ
 about as much as decoding the alert. Here the header is read by hand (magic, metadata map, sync
 marker: Avro 1.x specification, "Object Container Files"), the schema is parsed once per
 distinct schema text and kept, and each block's records are decoded with
-``fastavro.schemaless_reader``. Codecs ``null`` and ``deflate`` are read here; a file of any
-other codec is handed whole to ``fastavro.reader``.
+``fastavro.schemaless_reader``.
+
+Every codec of the specification is decompressed here, block by block: ``null``, ``deflate``
+(raw RFC 1951), ``snappy`` (raw snappy through ``cramjam``, then the big-endian CRC-32 of the
+uncompressed block, which is checked), ``zstandard`` (``compression.zstd``, or its backport
+``backports.zstd`` before Python 3.14: the module fastavro itself writes with), ``bzip2`` and
+``xz`` (standard library). Brokers publish alerts in all of them (Fink: snappy). A codec whose
+library is missing, or one outside the specification, is a one-line :class:`ContainerError`.
 """
 
 from __future__ import annotations
 
+import bz2
 import functools
 import io
 import json
+import lzma
+import struct
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -111,23 +120,82 @@ def writer_schema(meta: dict[str, bytes]) -> Any:
         raise ContainerError("no avro.schema in the header") from None
 
 
-class _Prepended(io.RawIOBase):
-    """``head`` then the rest of ``stream``: a consumed header handed back to fastavro."""
+def _null(data: bytes) -> bytes:
+    return data
 
-    def __init__(self, head: bytes, stream: BinaryIO):
-        self._head = io.BytesIO(head)
-        self._stream = stream
 
-    def readable(self) -> bool:
-        return True
+def _inflate(data: bytes) -> bytes:
+    return zlib.decompress(data, -15)  # raw deflate: no zlib header, as the specification says
 
-    def readinto(self, b) -> int:
-        n = self._head.readinto(b)
-        if n:
-            return n
-        data = self._stream.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+
+# The codec libraries are dependencies; a missing one fails only the containers that need it.
+try:
+    from cramjam import snappy as _snappy_lib
+except ImportError:
+    _snappy_lib = None
+try:
+    from compression import zstd as _zstd_lib  # Python 3.14+
+except ImportError:
+    try:
+        from backports import zstd as _zstd_lib
+    except ImportError:
+        _zstd_lib = None
+
+
+def _snappy(data: bytes) -> bytes:
+    if _snappy_lib is None:
+        raise ContainerError("snappy codec needs the cramjam package (pip install cramjam)")
+    if len(data) < 4:
+        raise ContainerError("corrupt snappy block (shorter than its CRC)")
+    out = bytes(_snappy_lib.decompress_raw(data[:-4]))
+    if zlib.crc32(out) != struct.unpack(">I", data[-4:])[0]:
+        raise ContainerError("corrupt snappy block (CRC-32 mismatch)")
+    return out
+
+
+def _zstandard(data: bytes) -> bytes:
+    if _zstd_lib is None:
+        raise ContainerError(
+            "zstandard codec needs the backports.zstd package (pip install backports.zstd)"
+        )
+    # decompress() reads every frame of the block, with or without a content size in its header.
+    return _zstd_lib.decompress(data)
+
+
+#: Codec name -> block decompressor (each raises its library's error on corrupt data).
+CODECS = {
+    "null": _null,
+    "deflate": _inflate,
+    "snappy": _snappy,
+    "zstandard": _zstandard,
+    "bzip2": bz2.decompress,
+    "xz": lzma.decompress,
+}
+
+
+def decompress_block(codec: str, data: bytes) -> bytes:
+    """The records' bytes of one block of a container written with ``codec``.
+
+    Raises
+    ------
+    ContainerError
+        An unknown codec, a codec whose library is missing, or a corrupt block.
+    """
+    try:
+        fn = CODECS[codec]
+    except KeyError:
+        raise ContainerError(
+            f"unsupported Avro codec {codec!r} (read: {', '.join(CODECS)})"
+        ) from None
+    try:
+        return fn(data)
+    except ContainerError:
+        raise
+    except Exception as exc:  # zlib.error, OSError (bz2), LZMAError, ZstdError, cramjam's errors
+        text = str(exc).strip().splitlines()
+        raise ContainerError(
+            f"corrupt {codec} block ({text[0] if text else type(exc).__name__})"
+        ) from None
 
 
 def iter_records(stream: BinaryIO) -> Iterator[dict[str, Any]]:
@@ -140,11 +208,10 @@ def iter_records(stream: BinaryIO) -> Iterator[dict[str, Any]]:
     """
     import fastavro
 
-    meta, sync, head = read_header(stream)
-    codec = meta.get("avro.codec", b"null").decode("ascii", "replace")
-    if codec not in ("null", "deflate"):
-        yield from fastavro.reader(io.BufferedReader(_Prepended(head, stream)))
-        return
+    meta, sync, _ = read_header(stream)
+    codec = meta.get("avro.codec", b"null").decode("ascii", "replace") or "null"
+    if codec not in CODECS:
+        raise ContainerError(f"unsupported Avro codec {codec!r} (read: {', '.join(CODECS)})")
     schema = writer_schema(meta)
     while True:
         count = read_long(stream)
@@ -155,11 +222,6 @@ def iter_records(stream: BinaryIO) -> Iterator[dict[str, Any]]:
         data = _read_exact(stream, _length(stream, "block"), "block")
         if _read_exact(stream, SYNC_SIZE, "sync marker") != sync:
             raise ContainerError("sync marker mismatch (damaged block)")
-        if codec == "deflate":
-            try:
-                data = zlib.decompress(data, -15)
-            except zlib.error as exc:
-                raise ContainerError(f"corrupt deflate block ({exc})") from None
-        buf = io.BytesIO(data)
+        buf = io.BytesIO(decompress_block(codec, data))
         for _ in range(count):
             yield fastavro.schemaless_reader(buf, schema, None)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2v_batch.core.conventions import ALERT_SEASON_RE, alert_season, is_night, survey_of_season
+from s2v_batch.core.fsutil import raw_identity
 from s2v_batch.core.nights import shift_night
 from s2v_batch.core.surveys import get_survey
 from s2v_batch.formats.alertio import (
@@ -110,13 +111,20 @@ class AlertInputs:
     def __bool__(self) -> bool:
         return bool(self.inputs)
 
-    def place(self, raw: str | Path, *, unit_stamps: int, nights: set[int] | None = None) -> Placed:
+    def place(
+        self,
+        raw: str | Path,
+        *,
+        unit_stamps: int,
+        nights: set[int] | None = None,
+        content: bool = False,
+    ) -> Placed:
         """Place every collected input (see the module docstring)."""
         raw = str(raw)
         out = Placed()
         schemas = tuple(sorted(self.schemas))
         registry = SchemaRegistry(schemas)
-        schema_lines = [_identity(p, raw) for p in schemas]
+        schema_lines = [raw_identity(p, raw, content) for p in schemas]
         dated: dict[tuple[Key, str], list[str]] = defaultdict(list)  # loose files by night
         archives: dict[tuple[Key, str], list[str]] = defaultdict(list)
         by_data: dict[tuple[Key, str], list[str]] = defaultdict(list)
@@ -152,7 +160,7 @@ class AlertInputs:
         for (key, survey), paths in sorted(archives.items()):
             for p in paths:
                 self._add(out, key, Unit(key[0], key[1], 0, archive=p, survey=survey,
-                                         schemas=schemas), [p], raw)  # fmt: skip
+                                         schemas=schemas), [p], raw, content)  # fmt: skip
                 out.n_archives += 1
         for source, from_data in ((dated, False), (by_data, True)):
             for (key, survey), paths in sorted(source.items()):
@@ -162,16 +170,16 @@ class AlertInputs:
                 for chunk in _chunks(sorted(paths), unit_stamps):
                     unit = Unit(key[0], key[1], 0, survey=survey, alert_files=tuple(chunk),
                                 date_from_data=from_data, schemas=schemas)  # fmt: skip
-                    self._add(out, key, unit, chunk, raw)
+                    self._add(out, key, unit, chunk, raw, content)
                 out.n_files += len(paths)
         for key in out.lines:
             out.lines[key].extend(schema_lines)
         return out
 
     @staticmethod
-    def _add(out: Placed, key: Key, unit: Unit, paths: list[str], raw: str) -> None:
+    def _add(out: Placed, key: Key, unit: Unit, paths: list[str], raw: str, content: bool) -> None:
         out.units.setdefault(key, []).append(unit)
-        out.lines.setdefault(key, []).extend(_identity(p, raw) for p in paths)
+        out.lines.setdefault(key, []).extend(raw_identity(p, raw, content) for p in paths)
 
     @staticmethod
     def _peek(inp: _Input, cache: dict[str, str | None], registry: SchemaRegistry) -> str | None:
@@ -212,11 +220,6 @@ def _season(season_dir: str | None, survey: str, night: int) -> str:
     if season_dir and survey_of_season(season_dir) == survey:
         return season_dir
     return alert_season(survey, night)
-
-
-def _identity(path: str, raw: str) -> str:
-    st = os.stat(path)
-    return f"{os.path.relpath(path, raw)}\0{st.st_size}\0{st.st_mtime_ns}\n"
 
 
 def _chunks(paths: list[str], per_unit: int) -> list[list[str]]:

@@ -1,5 +1,6 @@
 """Reading a unit of alert inputs on a worker: every alert found is returned as a stamp or as a
-quarantine record with its reason (missing, corrupt or wrongly sized cut-out, undecodable record;
+quarantine record with its reason (missing, corrupt or wrongly sized cut-out, an edge cut-out
+where the config says so, undecodable record;
 duplicates are found season-wide by the ingest). One packet's decoding is
 :mod:`s2v_batch.formats.alertpackets`.
 """
@@ -56,7 +57,7 @@ _ROWS_PER_BLOCK = 4096
 
 
 def read_alert_unit(
-    unit: Unit, size: int, emit: Callable[[np.ndarray], None] | None = None
+    unit: Unit, size: int, emit: Callable[[np.ndarray], None] | None = None, edge: str = "pad"
 ) -> UnitData:
     """Decode every alert of a unit; quarantine the bad ones with a reason.
 
@@ -75,6 +76,9 @@ def read_alert_unit(
         Called with each stored stamp's pixels, in order, instead of keeping them: a nightly
         archive holds hundreds of thousands of alerts (47 kB each at 63x63), so staging writes
         them to disk as they come. ``UnitData.pixels`` is then empty.
+    edge : str
+        ``pad`` or ``quarantine`` ZTF cut-outs cut short by a CCD edge
+        (``IngestConfig.edge_cutouts``; :func:`s2v_batch.formats.alertpackets.cutout_pixels`).
 
     Returns
     -------
@@ -103,7 +107,7 @@ def read_alert_unit(
             quarantine.append({"stamp_id": None, "path": where, "reason": str(rec)})
             continue
         try:
-            sid, stamp, frac, fields = alert_stamp(rec, survey, size)
+            sid, stamp, frac, fields = alert_stamp(rec, survey, size, edge)
         except StampError as exc:
             known = record_id(rec, survey.name) if survey_of_record(rec) == survey.name else None
             quarantine.append({"stamp_id": known, "path": where, "reason": str(exc)})

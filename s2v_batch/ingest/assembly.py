@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from s2v_batch.core import provenance
 from s2v_batch.core.config import IngestConfig
 from s2v_batch.core.conventions import survey_of_season
 from s2v_batch.core.surveys import alert_columns, get_survey
@@ -46,6 +47,9 @@ def plan_night(
     night_fp: str,
     store_root: Path,
     cfg: IngestConfig,
+    data_provenance: tuple[str, dict[str, Any]] = (provenance.UNKNOWN, {}),
+    *,
+    raw_fp: str | None = None,
 ) -> NightAssembly:
     """Choose the stamps a night keeps, and create its partial dataset (``stamps`` still empty).
 
@@ -64,6 +68,12 @@ def plan_night(
         The night's fingerprint (:func:`s2v_batch.store.state.night_fingerprint`).
     store_root : pathlib.Path
     cfg : IngestConfig
+    data_provenance : (str, dict)
+        Where the night's stamps came from, and the evidence
+        (``rawtree.Discovery.provenance``); recorded in the night's attributes.
+    raw_fp : str, optional
+        The night's raw fingerprint, recorded so that a later run can say "its raw files
+        changed".
 
     Returns
     -------
@@ -131,6 +141,10 @@ def plan_night(
             "source_format": "fits" if dtype == np.float32 else "gif",
             "labelled": lab is not None,
             "survey": survey,
+            nightstate.RAW_FINGERPRINT_ATTR: raw_fp,
+            nightstate.LABELS_ATTR: nightstate.labels_fingerprint(label),
+            provenance.ATTR: data_provenance[0],
+            provenance.EVIDENCE_ATTR: data_provenance[1],
         },
         extra=extra,
         shard_stamps=cfg.shard_stamps,

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from s2v_batch.core.config import IngestConfig
+from s2v_batch.core.conventions import survey_of_season
 from s2v_batch.core.faults import ensure_free_space, human_bytes
 from s2v_batch.core.fsutil import atomic_path, exclusive_all, replace_dir
 from s2v_batch.ingest.assembly import NightAssembly, plan_night, stamp_size
 from s2v_batch.ingest.labels import Labels, read_labels
 from s2v_batch.ingest.rawtree import Discovery, discover
 from s2v_batch.ingest.staging import assemble_shard, night_bytes, stage_unit, staged_files
+from s2v_batch.ingest.status import INGEST, RELABEL, night_need, relabel
 from s2v_batch.store import dataset as zstore
 from s2v_batch.store import state as nightstate
 
@@ -48,7 +50,7 @@ class NightResult:
 
     season: str
     night: int
-    status: str  # "ingested" | "skipped"
+    status: str  # "ingested" | "relabelled" (labels only) | "skipped"
     n_found: int
     n_stored: int
     n_quarantined: int
@@ -103,7 +105,8 @@ class IngestSummary:
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         done = sum(n.status == "ingested" for n in self.nights)
-        skipped = len(self.nights) - done
+        relabelled = sum(n.status == "relabelled" for n in self.nights)
+        skipped = len(self.nights) - done - relabelled
         new = sum(n.n_found for n in self.nights if n.status == "ingested")
         rate = new / self.seconds if self.seconds > 0 else 0.0
         csv = (
@@ -114,7 +117,8 @@ class IngestSummary:
         return (
             f"ingest: {self.n_found} stamps found = {self.n_stored} stored + "
             f"{self.n_quarantined} quarantined; {len(self.nights)} nights ({done} ingested, "
-            f"{skipped} already complete){csv}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
+            + (f"{relabelled} relabelled, " if relabelled else "")
+            + f"{skipped} already complete){csv}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
         )
 
 
@@ -175,7 +179,8 @@ def ingest(
     store_root, raw = Path(store_root).expanduser().resolve(), Path(raw).expanduser().resolve()
     lab = read_labels(labels) if isinstance(labels, str | Path) else labels
     wanted = None if nights is None else {int(n) for _, n in nights}
-    disc = discovery or discover(raw, unit_stamps=cfg.unit_stamps, nights=wanted)
+    content = cfg.fingerprint == "content"
+    disc = discovery or discover(raw, unit_stamps=cfg.unit_stamps, nights=wanted, content=content)
     keys = sorted(disc.units)
     if nights is not None:
         keys = [k for k in keys if k in nights]
@@ -195,6 +200,40 @@ def ingest(
         summary = _ingest_nights(disc, keys, store_root, client, lab, cfg, nights, progress, log)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def dry_run(
+    raw: str | Path,
+    store_root: str | Path,
+    *,
+    labels: str | Path | Labels | None = None,
+    config: IngestConfig | None = None,
+    nights: set[tuple[str, int]] | None = None,
+) -> tuple[list[str], str]:
+    """What :func:`ingest` would do, without doing it: a line per night that would be ingested
+    or relabelled, saying why, and a summary line. Reads the raw tree and the store's metadata.
+    """
+    cfg = config or IngestConfig()
+    lab = read_labels(labels) if isinstance(labels, str | Path) else labels
+    wanted = None if nights is None else {int(n) for _, n in nights}
+    disc = discover(
+        Path(raw), unit_stamps=cfg.unit_stamps, nights=wanted, content=cfg.fingerprint == "content"
+    )
+    keys = [k for k in sorted(disc.units) if nights is None or k in nights]
+    needs = [night_need(disc, k, Path(store_root), lab, cfg) for k in keys]
+    lines = [
+        f"would {'relabel' if n.need == RELABEL else 'ingest'} {n.season}/{n.night}: {n.reason}"
+        for n in needs
+        if n.reason is not None
+    ]
+    todo = sum(n.need == INGEST for n in needs)
+    relabelled = sum(n.need == RELABEL for n in needs)
+    summary = (
+        f"ingest --dry-run: {len(needs)} night(s): {todo} would be ingested, {relabelled} "
+        f"relabelled, {len(needs) - todo - relabelled} complete (skipped); "
+        f"{len(disc.unplaced)} input(s) cannot be placed; nothing was changed"
+    )
+    return lines, summary
 
 
 def _ingest_nights(
@@ -221,28 +260,29 @@ def _ingest_nights(
         zstore.write_quarantine(zstore.unplaced_quarantine_path(store_root), rows)
         summary.n_unplaced = len(rows)
 
-    # Which nights are already current for exactly these inputs?
+    # What each night needs: nothing, its labels, or its pixels (and why).
     todo: list[tuple[str, int]] = []
-    fps = {
-        k: nightstate.night_fingerprint(
-            disc.raw_fingerprints[k], lab.fingerprint if lab else None, stamp_size(cfg, k[0])
-        )
-        for k in keys
-    }
+    fps: dict[tuple[str, int], str] = {}
     seen_ids: list[np.ndarray] = []
     for k in keys:
-        path = zstore.night_path(store_root, *k)
-        attrs = nightstate.current_night(path, fps[k], cfg.float_encoding)
-        if attrs is not None:
-            n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
-            qpath = zstore.quarantine_path(store_root, *k)
-            summary.nights.append(
-                NightResult(*k, "skipped", n_st + n_q, n_st, n_q, path, qpath, fps[k])
-            )
-            if lab is not None:
-                seen_ids.append(zstore.read_stamp_ids(path))
-        else:
+        need = night_need(disc, k, store_root, lab, cfg)
+        fps[k] = need.night_fp
+        if need.need == INGEST:
             todo.append(k)
+            if need.reason != nightstate.NOT_STORED:
+                log(f"night {k[0]}/{k[1]}: ingested again: {need.reason}")
+            continue
+        attrs = need.attrs
+        status = "skipped"
+        if need.need == RELABEL:
+            attrs, status = relabel(need, store_root), "relabelled"
+            log(f"night {k[0]}/{k[1]}: {need.reason}; labels rewritten, pixels kept")
+        path = zstore.night_path(store_root, *k)
+        n_st, n_q = int(attrs["n_stamps"]), int(attrs.get("n_quarantined", 0))
+        qpath = zstore.quarantine_path(store_root, *k)
+        summary.nights.append(NightResult(*k, status, n_st + n_q, n_st, n_q, path, qpath, fps[k]))
+        if lab is not None:
+            seen_ids.append(zstore.read_stamp_ids(path))
 
     # Phase 1: stage every unit of every pending night, in parallel.
     staged: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -253,10 +293,15 @@ def _ingest_nights(
             sdir = zstore.staging_dir(store_root, *k, fps[k])
             sdir.mkdir(parents=True, exist_ok=True)
             for u in disc.units[k]:
-                fut = client.submit(stage_unit, u, str(sdir), stamp_size(cfg, k[0]), pure=False)
+                edge = cfg.edge_for(survey_of_season(k[0]))
+                fut = client.submit(
+                    stage_unit, u, str(sdir), stamp_size(cfg, k[0]), edge, pure=False
+                )
                 futures[fut] = (k, u.index)
             staged[k] = [{}] * len(disc.units[k])
-        bar = tqdm(total=len(futures), desc="decode", unit="unit", disable=not progress)
+        bar = tqdm(
+            total=len(futures), desc="decode", unit="unit", disable=not progress or not futures
+        )
         for fut in as_completed(futures):
             k, i = futures[fut]
             staged[k][i] = fut.result()
@@ -276,14 +321,17 @@ def _ingest_nights(
 
     # Phase 2: assemble each pending night, shards in parallel across nights.
     pending = [
-        plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg) for k in todo
+        plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg, disc.provenance(k))
+        for k in todo
     ]
     shard_futs = [
         client.submit(assemble_shard, str(plan.partial), start, pieces, pure=False)
         for plan in pending
         for start, pieces in plan.shards
     ]
-    bar = tqdm(total=len(shard_futs), desc="write", unit="shard", disable=not progress)
+    bar = tqdm(
+        total=len(shard_futs), desc="write", unit="shard", disable=not progress or not shard_futs
+    )
     for _ in as_completed(shard_futs):
         bar.update(1)
     bar.close()

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from s2v_batch.core.conventions import object_type_to_label
-from s2v_batch.core.fsutil import file_identity
 
 
 class LabelsError(ValueError):
@@ -22,7 +21,6 @@ class Labels:
 
     ids: np.ndarray  # int64, sorted, unique
     labels: np.ndarray  # int8, aligned with ids
-    fingerprint: str
     n_rows: int
     n_bad_rows: int
 
@@ -70,7 +68,6 @@ def read_labels(path: str | Path) -> Labels:
     return Labels(
         ids=frame["id"].to_numpy(),
         labels=frame["label"].to_numpy(np.int8),
-        fingerprint=file_identity(path),
         n_rows=len(df),
         n_bad_rows=int((~good).sum()),
     )

@@ -16,7 +16,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from s2v_batch.core import provenance
 from s2v_batch.core.conventions import is_night, is_season
+from s2v_batch.core.fsutil import raw_identity
 from s2v_batch.ingest.alerttree import AlertInputs
 from s2v_batch.ingest.units import CHANNEL_INDEX, STAMP_FILE_RE, Unit
 
@@ -34,6 +36,14 @@ class Discovery:
     other_nights: set[int] = field(default_factory=set)
     n_files: int = 0
     n_archives: int = 0
+    #: The raw root walked (what the markers of simulated data are looked for under).
+    root: str = ""
+
+    def provenance(self, key: tuple[str, int]) -> tuple[str, dict]:
+        """A night's data provenance (``simulated``, ``survey`` or ``mixed``) and its evidence,
+        from the simulator's markers (:mod:`s2v_batch.core.provenance`)."""
+        files = [f for u in self.units[key] for f in u.files()]
+        return provenance.Classifier(Path(self.root)).night(files)
 
 
 def place(parts: Iterable[str]) -> tuple[str | None, int | None]:
@@ -48,7 +58,11 @@ def place(parts: Iterable[str]) -> tuple[str | None, int | None]:
 
 
 def discover(
-    raw: str | Path, *, unit_stamps: int = 2048, nights: Collection[int] | None = None
+    raw: str | Path,
+    *,
+    unit_stamps: int = 2048,
+    nights: Collection[int] | None = None,
+    content: bool = False,
 ) -> Discovery:
     """Walk a raw tree once and group its stamps into units of work per night.
 
@@ -61,6 +75,9 @@ def discover(
     nights : collection of int, optional
         Only these nights: folders of other nights are not entered (a nightly run on a raw root
         of many seasons lists only the season folders and its own night's files).
+    content : bool
+        Fingerprint each raw file by a hash of its bytes, not its size and mtime
+        (``IngestConfig.fingerprint: content``; :func:`s2v_batch.core.fsutil.raw_identity`).
 
     Returns
     -------
@@ -69,7 +86,7 @@ def discover(
     raw = Path(raw)
     if not raw.exists():
         raise FileNotFoundError(f"raw input {raw} does not exist")
-    disc = Discovery()
+    disc = Discovery(root=str(raw))
     groups: dict[tuple[str, int], dict[tuple[str, str], list[str | None]]] = {}
     archives: dict[tuple[str, int], list[str]] = {}
     hashes: dict[tuple[str, int], hashlib._Hash] = {}
@@ -100,9 +117,8 @@ def discover(
             if nights is not None and night not in nights:
                 continue
             key = (season, night)
-            st = os.stat(path)
             hashes.setdefault(key, hashlib.sha256()).update(
-                f"{os.path.relpath(path, raw)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                raw_identity(path, raw, content).encode()
             )
             if is_tar:
                 archives.setdefault(key, []).append(path)
@@ -115,7 +131,7 @@ def discover(
                     continue
                 slots[ch] = path
                 disc.n_files += 1
-    placed = alert_inputs.place(raw, unit_stamps=unit_stamps, nights=nights)
+    placed = alert_inputs.place(raw, unit_stamps=unit_stamps, nights=nights, content=content)
     disc.unplaced.extend(placed.unplaced)
     disc.other_nights |= placed.other_nights
     disc.n_files += placed.n_files

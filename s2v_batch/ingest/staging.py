@@ -37,10 +37,11 @@ def staged_files(unit: Unit, staging: str | Path) -> tuple[Path, Path]:
     return zstore.staged_unit(staging, f"{unit.name}-{hashlib.sha256(key).hexdigest()[:12]}")
 
 
-def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
+def stage_unit(unit: Unit, staging: str, size: int, edge: str | None = None) -> dict[str, Any]:
     """Decode one unit into the staging folder (or reuse it there); return its IDs and quarantine.
 
     Runs on a worker. The returned dict is small: IDs, source paths and quarantine records.
+    ``edge``: how alert edge cut-outs are handled (``IngestConfig.edge_for``; None: ``pad``).
     """
     npy, meta_path = staged_files(unit, staging)
     if meta_path.is_file():
@@ -56,7 +57,7 @@ def stage_unit(unit: Unit, staging: str, size: int) -> dict[str, Any]:
     else:
         # A nightly alert archive is one unit of up to a million stamps: written as they come.
         with atomic_path(npy) as tmp, NpyRows(tmp, (size, size, 3), np.float32) as rows:
-            data = read_alert_unit(unit, size, emit=rows.append)
+            data = read_alert_unit(unit, size, emit=rows.append, edge=edge or "pad")
         dtype = "float32"
     meta = {
         "stamp_id": data.stamp_id,

@@ -46,6 +46,12 @@ class Unit:
         """Deterministic name of the unit within its night."""
         return f"unit-{self.index:06d}"
 
+    def files(self) -> list[str]:
+        """The raw files this unit reads (its archive, stamp files or alert files)."""
+        out = [self.archive] if self.archive else []
+        out += [p for _, paths in self.stamps for p in paths if p is not None]
+        return out + list(self.alert_files)
+
 
 @dataclass
 class UnitData:

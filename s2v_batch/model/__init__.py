@@ -11,7 +11,10 @@ One concern a module:
 - :mod:`.layers`: ``StampNormalization`` and ``NonFiniteGuard`` (registered serializables);
 - :mod:`.architectures`: ``space2vec``, ``vgg6``, ``build_model``, ``count_flops``;
 - :mod:`.artifact`: ``ModelCard``, ``save_artifact``, ``load_card``, ``load_artifact`` ...;
-- :mod:`.inference`: ``Predictor``, ``fold_batchnorm``, ``fuse_normalization``;
+- :mod:`.inference`: ``Predictor``;
+- :mod:`.rewrites`: ``fold_batchnorm``, ``fuse_normalization`` (the predictor's graph rewrites);
+- :mod:`.precision`: ``resolve_precision``, ``native_bfloat16`` (float32 or bfloat16, and which
+  hardware computes bfloat16 natively);
 - :mod:`.backend`: the one place Keras is imported (TensorFlow's oneDNN default set first).
 
 The names are re-exported here lazily: ``from s2v_batch.model import load_card`` imports only
@@ -45,8 +48,10 @@ _OWNERS: dict[str, str] = {
     "shipped_models_dir": "artifact",
     "ModelInputError": "inference",
     "Predictor": "inference",
-    "fold_batchnorm": "inference",
-    "fuse_normalization": "inference",
+    "fold_batchnorm": "rewrites",
+    "fuse_normalization": "rewrites",
+    "resolve_precision": "precision",
+    "native_bfloat16": "precision",
     "NonFiniteGuard": "layers",
     "StampNormalization": "layers",
 }

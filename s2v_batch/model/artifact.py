@@ -95,11 +95,38 @@ class ModelCard:
     # No default may import Keras: reading a card must not.
     keras_version: str = ""
     backend: str = ""
+    #: The threshold of each precision other than float32 (``{"bfloat16": t}``), chosen on the
+    #: same validation stamps for the same ``target_recall`` as ``threshold`` (float32's): the
+    #: bfloat16 scores shift near it. Written by ``s2v train``; ``s2v threshold`` adds it to an
+    #: older card without retraining. Cards without it know float32 only.
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: The largest ``masked_fraction`` (masked pixels, edge-cut-out pad included) of the stamps
+    #: the model was validated on; stamps above it are still scored and their score rows say so
+    #: (``masked_over_limit``). None: the card states no limit.
+    max_masked_fraction: float | None = None
 
     @property
     def stem(self) -> str:
         """``<name>-<version>``, the file name of the artifact without extension."""
         return f"{self.name}-{self.version}"
+
+    def threshold_for(self, precision: str) -> float:
+        """The threshold of scores computed at ``precision`` (``float32``: :attr:`threshold`).
+
+        Raises
+        ------
+        ModelArtifactError
+            When the card has no threshold for that precision (an older card): the message says
+            how to add one.
+        """
+        if precision == "float32":
+            return float(self.threshold)
+        if precision not in self.thresholds:
+            raise ModelArtifactError(
+                f"model card {self.stem} has no {precision} threshold (its threshold is for "
+                f"float32 scores); add it with `s2v threshold <card>` or give --threshold"
+            )
+        return float(self.thresholds[precision])
 
     def fits(self, survey: str, stamp_size: int) -> bool:
         """Whether the model takes ``survey``'s stamps of edge ``stamp_size`` pixels."""
@@ -146,6 +173,12 @@ class ModelCard:
             kw["target_recall"] = float(kw["target_recall"])
             kw["name"], kw["version"] = str(kw["name"]), str(kw["version"])
             kw["survey"] = str(kw.get("survey", "des")).lower()
+            if kw.get("max_masked_fraction") is not None:
+                kw["max_masked_fraction"] = float(kw["max_masked_fraction"])
+                if not 0.0 <= kw["max_masked_fraction"] <= 1.0:
+                    raise ValueError(
+                        f"max_masked_fraction {kw['max_masked_fraction']} not in [0, 1]"
+                    )
         except (TypeError, ValueError) as exc:
             raise ModelArtifactError(f"model card has a malformed value: {exc}") from exc
         if len(kw["input_shape"]) != 3:
@@ -158,6 +191,7 @@ class ModelCard:
             )
         if not (0.0 <= kw["threshold"] <= 1.0) or math.isnan(kw["threshold"]):
             raise ModelArtifactError(f"model card threshold {kw['threshold']} is not in [0, 1]")
+        kw["thresholds"] = _precision_thresholds(kw.get("thresholds", {}))
         return cls(**kw)
 
     @classmethod
@@ -174,6 +208,20 @@ class ModelCard:
         except json.JSONDecodeError as exc:
             raise ModelArtifactError(f"model card is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _precision_thresholds(value: Any) -> dict[str, float]:
+    """A card's ``thresholds``, checked: known precisions (bfloat16), numbers in [0, 1]."""
+    ok = isinstance(value, dict) and set(value) <= {"bfloat16"}
+    try:
+        out = {k: float(t) for k, t in value.items()} if ok else {}
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not all(0.0 <= t <= 1.0 for t in out.values()):
+        raise ModelArtifactError(
+            f"model card thresholds must map bfloat16 to a threshold in [0, 1], got {value!r}"
+        )
+    return out
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -1,9 +1,11 @@
-"""Fast scoring with a model artifact: the :class:`Predictor` and the graph rewrites it applies.
+"""Fast scoring with a model artifact: the :class:`Predictor`.
 
 :class:`Predictor` loads (and checks) an artifact once and scores stamps through one compiled
-call of a fixed batch size; :func:`fold_batchnorm` folds each BatchNormalization into the
+call of a fixed batch size; the graph rewrites it applies (:mod:`s2v_batch.model.rewrites`,
+re-exported here): :func:`fold_batchnorm` folds each BatchNormalization into the
 convolution before it, :func:`fuse_normalization` has TensorFlow run the input normalisation as
-one XLA kernel, and a mixed-precision clone runs the hidden layers in bfloat16 (GPUs).
+one XLA kernel, and at ``precision="bfloat16"`` a clone runs the hidden layers in bfloat16
+(:mod:`s2v_batch.model.precision`: CPUs with AVX512-BF16 or AMX, GPUs of compute capability 8.0+).
 The backend (TensorFlow or JAX) is whatever Keras runs on; Keras comes through
 :mod:`s2v_batch.model.backend`, so TensorFlow's oneDNN default is set before it loads.
 """
@@ -22,9 +24,8 @@ from s2v_batch.core.conventions import CHANNELS
 from s2v_batch.model.architectures import FLOAT32_LAYERS
 from s2v_batch.model.artifact import ModelCard, default_model_path, load_artifact
 from s2v_batch.model.backend import keras
-from s2v_batch.model.layers import StampNormalization
-
-layers = keras.layers
+from s2v_batch.model.precision import COMPUTED, with_precision
+from s2v_batch.model.rewrites import fold_batchnorm, fuse_normalization
 
 __all__ = ["ModelInputError", "Predictor", "fold_batchnorm", "fuse_normalization"]
 
@@ -33,164 +34,20 @@ class ModelInputError(ValueError):
     """Stamps handed to the model have the wrong shape or dtype."""
 
 
-class _FoldedAway(layers.Layer):
-    """Stands where a folded BatchNormalization was (it takes the BN's call arguments)."""
-
-    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        return inputs
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return tuple(input_shape)
-
-
-def fold_batchnorm(model: keras.Model) -> keras.Model:
-    """An inference copy of ``model`` with each BatchNormalization folded into its Conv2D.
-
-    ``conv -> BN`` becomes one convolution with scaled kernel and shifted bias (``BN(conv(x)) =
-    conv'(x)`` with the moving statistics), so the backend runs convolution, bias and ReLU as one
-    fused kernel instead of four passes over the activations. Only a BN fed by a Conv2D without
-    activation whose output goes nowhere else is folded; the BN layer becomes an identity. Scores
-    agree with the original to float rounding (~1e-6). Not for training.
-
-    Parameters
-    ----------
-    model : keras.Model
-
-    Returns
-    -------
-    keras.Model
-        The same model when there is nothing to fold.
-    """
-    folds: dict[str, layers.BatchNormalization] = {}
-    for layer in model.layers:
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes
-        conv = parents[0].operation if len(parents) == 1 else None
-        if (
-            isinstance(conv, layers.Conv2D)
-            and type(conv) is layers.Conv2D
-            and conv.get_config()["activation"] == "linear"
-            and len(conv._outbound_nodes) == 1
-            and tuple(layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis])
-            in ((-1,), (3,))
-        ):
-            folds[conv.name] = layer
-    if not folds:
-        return model
-    folded_bn = {bn.name for bn in folds.values()}
-
-    def clone_layer(layer: layers.Layer) -> layers.Layer:
-        config = layer.get_config()
-        if layer.name in folds:
-            config["use_bias"] = True
-            return layer.__class__.from_config(config)
-        if layer.name in folded_bn:
-            return _FoldedAway(name=layer.name)
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    for layer in model.layers:
-        new = clone.get_layer(layer.name)
-        if layer.name in folded_bn:
-            continue
-        if layer.name in folds:
-            bn = folds[layer.name]
-            w = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in bn.weights}
-            inv = 1.0 / np.sqrt(w["moving_variance"].astype(np.float64) + bn.epsilon)
-            gain = inv * (w["gamma"] if bn.scale else 1.0)
-            kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
-            bias = (
-                keras.ops.convert_to_numpy(layer.bias).astype(np.float64)
-                if layer.use_bias
-                else np.zeros(kernel.shape[-1])
+def _precision_of(precision: str, mixed_precision: bool | None) -> str:
+    """``precision``, or the old ``mixed_precision`` flag's (True: bfloat16); both: the same."""
+    if mixed_precision is not None:
+        old = "bfloat16" if mixed_precision else "float32"
+        if precision not in ("float32", old):
+            raise ValueError(
+                f"mixed_precision={mixed_precision} contradicts precision={precision!r}"
             )
-            shift = (bias - w["moving_mean"]) * gain + (w["beta"] if bn.center else 0.0)
-            new.set_weights([(kernel * gain).astype(np.float32), shift.astype(np.float32)])
-        elif layer.weights:
-            new.set_weights(layer.get_weights())
-    return clone
-
-
-class _FusedStampNormalization(StampNormalization):
-    """:class:`StampNormalization` whose arithmetic TensorFlow compiles into one XLA kernel.
-
-    Without XLA, TensorFlow runs the layer as some forty separate operations, each a pass over
-    the batch (the strided subsample alone, a gather with an inner axis of 3, costs as much as
-    the first convolution): 160-200 us a stamp on one core, 11-14% of the whole CNN. Fused, 33
-    us. Only this layer is compiled: XLA's own convolutions are slower than oneDNN's on the CPU.
-    Same arithmetic; XLA sums in its own order, so outputs differ by float rounding (more where
-    a channel's level is high against its noise, as the GIF diff channel's mid-grey), and now and
-    then a pixel on a clip boundary is kept by one and clipped by the other: docs/MODEL.md, "How
-    far the fused normalisation moves scores". Inference only: never saved.
-    """
-
-    #: Batches smaller than this are padded with zero stamps inside the kernel. XLA's CPU code
-    #: for up to 16 stamps sums in another order than for 17 or more (scores moved by up to 1e-5
-    #: with the batch size); from 17 on, a stamp's output is the same whatever the batch size and
-    #: its place in it, so it is the same in a tail batch (tested at 1-512). The CNN after it still
-    #: moves scores by float32 ulps with the batch (oneDNN's kernels).
-    MIN_BATCH = 64
-
-    def call(self, inputs: Any) -> Any:
-        fused = self.__dict__.get("_fused")
-        if fused is None:
-            import tensorflow as tf
-
-            def padded(x: Any) -> Any:
-                n = x.shape[0]
-                if n is None or n >= self.MIN_BATCH:
-                    return super(_FusedStampNormalization, self).call(x)
-                fill = tf.zeros((self.MIN_BATCH - n, *x.shape[1:]), x.dtype)
-                return super(_FusedStampNormalization, self).call(tf.concat([x, fill], 0))[:n]
-
-            fused = tf.function(padded, jit_compile=True, autograph=False)
-            # Kept out of Keras's attribute tracking, which would try to track a tf.function.
-            self.__dict__["_fused"] = fused
-        return fused(inputs)
-
-
-def fuse_normalization(model: keras.Model) -> keras.Model:
-    """An inference copy of ``model`` whose :class:`StampNormalization` runs as one XLA kernel.
-
-    TensorFlow backend only (under JAX the whole call is already one XLA program); a model
-    without the layer is returned as it is.
-
-    Parameters
-    ----------
-    model : keras.Model
-
-    Returns
-    -------
-    keras.Model
-    """
-    if keras.backend.backend() != "tensorflow" or not any(
-        type(layer) is StampNormalization for layer in model.layers
-    ):
-        return model
-
-    def clone_layer(layer: layers.Layer) -> layers.Layer:
-        if type(layer) is StampNormalization:
-            return _FusedStampNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def _with_policy(model: keras.Model, policy: str) -> keras.Model:
-    """Clone ``model`` with ``policy`` on every layer except the float32 ones, same weights."""
-
-    def clone_layer(layer: layers.Layer) -> layers.Layer:
-        config = layer.get_config()
-        if layer.name not in FLOAT32_LAYERS:
-            config["dtype"] = policy
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    clone.set_weights(model.get_weights())
-    return clone
+        precision = old
+    if precision not in COMPUTED:
+        raise ValueError(
+            f"precision must be {' or '.join(COMPUTED)} (resolve 'auto' first), got {precision!r}"
+        )
+    return precision
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -218,9 +75,13 @@ class Predictor:
         ``.keras`` or ``.json`` of the artifact; default :func:`default_model_path`.
     batch_size : int
         Stamps per compiled call (512 was best on the 2-core CPU; not measured on a GPU).
-    mixed_precision : bool
-        Run the hidden layers in bfloat16 (for GPUs; slow on CPUs). The normalisation and the
-        output stay float32.
+    precision : str
+        ``float32``, or ``bfloat16``: the hidden layers compute in bfloat16 (about 1.6x the
+        stamps a core on a CPU with AVX512-BF16; slower than float32 where it is emulated;
+        scores within about 0.03 of float32, docs/MODEL.md). The normalisation and the output
+        stay float32. Score at bfloat16 against ``card.threshold_for("bfloat16")``.
+    mixed_precision : bool, optional
+        The old name: True is ``precision="bfloat16"``.
     fold_bn : bool
         Fold each BatchNormalization into the convolution before it (:func:`fold_batchnorm`):
         the same scores to ~1e-6, fewer passes over the activations.
@@ -244,14 +105,16 @@ class Predictor:
         path: str | os.PathLike[str] | None = None,
         *,
         batch_size: int = 512,
-        mixed_precision: bool = False,
+        precision: str = "float32",
+        mixed_precision: bool | None = None,
         fold_bn: bool = True,
         fuse_norm: bool = True,
     ) -> None:
         _check_batch_size(batch_size)
+        precision = _precision_of(precision, mixed_precision)
         self.path: Path | None = Path(path) if path is not None else default_model_path()
         model, card = load_artifact(self.path)
-        self._setup(model, card, batch_size, mixed_precision, fold_bn, fuse_norm)
+        self._setup(model, card, batch_size, precision, fold_bn, fuse_norm)
 
     @classmethod
     def from_model(
@@ -260,7 +123,8 @@ class Predictor:
         card: ModelCard | None = None,
         *,
         batch_size: int = 512,
-        mixed_precision: bool = False,
+        precision: str = "float32",
+        mixed_precision: bool | None = None,
         fold_bn: bool = True,
         fuse_norm: bool = True,
     ) -> Predictor:
@@ -272,7 +136,7 @@ class Predictor:
             Any model of this module (input ``(n, h, w, 3)``, output ``(n, 1)``).
         card : ModelCard, optional
             Describes it; a placeholder card (threshold 0.5, empty sha256) when omitted.
-        batch_size, mixed_precision, fold_bn, fuse_norm
+        batch_size, precision, mixed_precision, fold_bn, fuse_norm
             As for the constructor.
 
         Returns
@@ -289,7 +153,8 @@ class Predictor:
                 input_shape=tuple(int(v) for v in model.input_shape[1:]),
             )
         self = cls.__new__(cls)
-        self._setup(model, card, batch_size, mixed_precision, fold_bn, fuse_norm)
+        precision = _precision_of(precision, mixed_precision)
+        self._setup(model, card, batch_size, precision, fold_bn, fuse_norm)
         self.path = None
         return self
 
@@ -298,7 +163,7 @@ class Predictor:
         model: keras.Model,
         card: ModelCard,
         batch_size: int,
-        mixed_precision: bool,
+        precision: str,
         fold_bn: bool,
         fuse_norm: bool,
     ) -> None:
@@ -307,15 +172,15 @@ class Predictor:
         self.sha256 = card.sha256
         self.batch_size = int(batch_size)
         self.small_batch = max(1, self.batch_size // 8)
-        self.mixed_precision = bool(mixed_precision)
+        self.precision = precision
+        self.mixed_precision = precision == "bfloat16"  # the old attribute, still read
         self.input_shape: tuple[int, ...] = tuple(int(v) for v in model.input_shape[1:])
         self.backend = keras.backend.backend()
         if fold_bn:
             self.model = fold_batchnorm(self.model)
         if fuse_norm:
             self.model = fuse_normalization(self.model)
-        if self.mixed_precision:
-            self.model = _with_policy(self.model, "mixed_bfloat16")
+        self.model = with_precision(self.model, precision, FLOAT32_LAYERS)
         self._compiled: dict[tuple[str, int], Callable[[np.ndarray], Any]] = {}
         self._state: Any = None
         # Threads sharing a predictor (a worker warming up while its first task starts) make
@@ -324,8 +189,8 @@ class Predictor:
 
     @property
     def threshold(self) -> float:
-        """The card's threshold: a stamp is a candidate when ``score >= threshold``."""
-        return float(self.card.threshold)
+        """The card's threshold at this precision: a candidate when ``score >= threshold``."""
+        return float(self.card.threshold_for(self.precision))
 
     def _fn(self, dtype: np.dtype, size: int) -> Callable[[np.ndarray], Any]:
         key = (dtype.str, size)

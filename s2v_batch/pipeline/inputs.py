@@ -9,6 +9,7 @@ from typing import Any
 
 from s2v_batch.core.config import PipelineConfig
 from s2v_batch.model.artifact import ModelCard, default_model_path, load_card, shipped_model_for
+from s2v_batch.model.precision import resolve_precision
 
 #: The autoscan labels CSV looked for at the top of the raw root (DESIGN.md section 4).
 LABELS_CSV = "autoscan_features.3.csv"
@@ -47,10 +48,17 @@ class RunInputs:
         return self if path == self.model else replace(self, model=path, card=load_card(path))
 
     @property
+    def precision(self) -> str:
+        """The precision scoring computes in: the config's, ``auto`` resolved on this machine
+        (scoring resolves it again on its workers)."""
+        return resolve_precision(self.config.score.precision)
+
+    @property
     def threshold(self) -> float:
-        """The threshold scoring applies: the config's override, else the model card's."""
+        """The threshold scoring applies: the config's override, else the model card's for
+        :attr:`precision`."""
         t = self.config.score.threshold
-        return float(self.card.threshold if t is None else t)
+        return float(self.card.threshold_for(self.precision) if t is None else t)
 
     @property
     def model_version(self) -> str:
@@ -64,6 +72,7 @@ class RunInputs:
             "version": self.model_version,
             "sha256": self.card.sha256,
             "threshold": self.threshold,
+            "precision": self.precision,
         }
 
 
@@ -75,6 +84,7 @@ def resolve_inputs(
     model: str | os.PathLike[str] | None = None,
     labels: str | os.PathLike[str] | None = None,
     config: str | os.PathLike[str] | PipelineConfig | None = None,
+    precision: str | None = None,
 ) -> RunInputs:
     """Check the paths, read the config and the model card once, find the default labels CSV.
 
@@ -90,6 +100,8 @@ def resolve_inputs(
         autoscan labels CSV; default ``RAW/autoscan_features.3.csv`` where it exists.
     config : path or PipelineConfig, optional
         Pipeline config (YAML file).
+    precision : str, optional
+        ``float32``, ``bfloat16`` or ``auto``: overrides the config's ``score.precision``.
 
     Returns
     -------
@@ -124,5 +136,7 @@ def resolve_inputs(
         cfg = config
     else:
         cfg = PipelineConfig.from_yaml(config) if config else PipelineConfig()
+    if precision is not None:
+        cfg = replace(cfg, score=replace(cfg.score, precision=precision))
     return RunInputs(raw_p, paths["store"], paths["scores"], paths["reports"], model_p, card,
                      labels_p, cfg, model_given=bool(model))  # fmt: skip

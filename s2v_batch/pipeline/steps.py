@@ -33,6 +33,7 @@ from s2v_batch.core.nights import (
 from s2v_batch.ingest.driver import NightResult, ingest
 from s2v_batch.ingest.labels import Labels, read_labels
 from s2v_batch.ingest.rawtree import Discovery, discover
+from s2v_batch.ingest.status import CURRENT, INGEST, night_need
 from s2v_batch.pipeline.inputs import InputError, RunInputs, resolve_inputs
 from s2v_batch.scoring.driver import NightScore, score
 from s2v_batch.store import dataset as zstore
@@ -68,8 +69,11 @@ class NightPlan:
     raw_fingerprint: str
     night_fingerprint: str
     n_units: int
-    stored: bool  # the store holds it, verified, made from exactly these inputs
+    stored: bool  # the store holds it, verified, made from exactly these inputs and labels
     scored: bool  # its scores are published for this stored data, model and threshold
+    #: Why it runs (``not stored``, ``its raw files changed``, ``its labels changed``, ``new
+    #: model`` ...; :mod:`s2v_batch.ingest.status`, ``sink.scores_status``); None: complete.
+    reason: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -107,6 +111,13 @@ class Plan:
     def complete(self) -> list[NightPlan]:
         return [n for n in self.nights if n.complete]
 
+    def why(self) -> str:
+        """Why the nights to run run, counted: ``"its labels changed: 2; not stored: 1"``."""
+        counts: dict[str, int] = {}
+        for n in self.todo:
+            counts[str(n.reason)] = counts.get(str(n.reason), 0) + 1
+        return "; ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
     @property
     def seasons(self) -> list[str]:
         return sorted({n.season for n in self.nights})
@@ -116,6 +127,7 @@ class Plan:
         disc = Discovery(
             units={night.key: self.discovery.units[night.key]},
             raw_fingerprints={night.key: self.discovery.raw_fingerprints[night.key]},
+            root=self.discovery.root,
         )
         return Plan([night], [], disc, self.labels)
 
@@ -141,7 +153,12 @@ def plan(
     sel_s = None if seasons is None else set(seasons)
     sel_n = None if nights is None else {int(n) for n in nights}
     cfg = inputs.config
-    disc = discover(inputs.raw, unit_stamps=cfg.ingest.unit_stamps, nights=sel_n)
+    disc = discover(
+        inputs.raw,
+        unit_stamps=cfg.ingest.unit_stamps,
+        nights=sel_n,
+        content=cfg.ingest.fingerprint == "content",
+    )
     keys = sorted(
         k
         for k in disc.units
@@ -162,18 +179,21 @@ def plan(
     models: dict[str, RunInputs] = {}  # one model choice a survey (it reads the shipped cards)
     for season, night in keys:
         survey = survey_of_season(season)
-        raw_fp = disc.raw_fingerprints[(season, night)]
-        night_fp = nightstate.night_fingerprint(
-            raw_fp, lab.fingerprint if lab else None, cfg.ingest.size_for(survey)
-        )
-        attrs = nightstate.current_night(
-            zstore.night_path(inputs.store, season, night), night_fp, cfg.ingest.float_encoding
-        )
+        need = night_need(disc, (season, night), inputs.store, lab, cfg.ingest)
         if survey not in models:
             models[survey] = inputs.for_survey(survey)
         model = models[survey]
-        scored = attrs is not None and (
-            sink.current_scores(
+        reason = need.reason
+        if need.need != INGEST:
+            attrs = need.attrs
+            labels_fp = (
+                nightstate.labels_fingerprint(need.labels)
+                if need.labels is not None
+                else nightstate.night_labels_fingerprint(
+                    zstore.night_path(inputs.store, season, night), attrs
+                )
+            )
+            _, reason = sink.scores_status(
                 inputs.scores,
                 season,
                 night,
@@ -181,21 +201,43 @@ def plan(
                 model_sha256=model.card.sha256,
                 threshold=model.threshold,
                 n_stamps=int(attrs["n_stamps"]),
+                precision=model.precision,
+                labels_fp=labels_fp,
             )
-            is not None
-        )
+            reason = need.reason or reason
         planned.append(
             NightPlan(
                 season,
                 night,
-                raw_fp,
-                night_fp,
+                disc.raw_fingerprints[(season, night)],
+                need.night_fp,
                 len(disc.units[(season, night)]),
-                attrs is not None,
-                scored,
+                need.need == CURRENT,
+                reason is None,
+                reason,
             )  # fmt: skip
         )
     return Plan(planned, missing, disc, lab)
+
+
+def dry_run(
+    inputs: RunInputs,
+    *,
+    seasons: Iterable[str] | None = None,
+    nights: Iterable[int] | None = None,
+) -> tuple[list[str], str]:
+    """What a run would do, without doing it: a line per night that would run, saying why,
+    and a summary line. Reads the raw tree, the store's metadata and the manifests only."""
+    p = plan(inputs, seasons=seasons, nights=nights)
+    lines = [f"would run {n.season}/{n.night}: {n.reason}" for n in p.todo]
+    lines += [f"no data: {g.reason}" for g in p.missing]
+    reasons = p.why()
+    summary = (
+        f"backfill --dry-run: {len(p.nights)} night(s): {len(p.todo)} would run"
+        + (f" ({reasons})" if reasons else "")
+        + f", {len(p.complete)} complete (skipped); nothing was changed"
+    )
+    return lines, summary
 
 
 def for_plan(inputs: RunInputs, plan: Plan) -> RunInputs:
@@ -270,7 +312,8 @@ def describe(inputs: RunInputs, night: NightPlan) -> str:
         f"night {night.season}/{night.night}: {night.n_units} unit(s) of raw stamps, "
         f"{'stored' if night.stored else 'to ingest'}, {'scored' if night.scored else 'to score'}; "
         f"model {inputs.model_version} (sha256 {inputs.card.sha256[:12]}), "
-        f"threshold {inputs.threshold:g}"
+        f"threshold {inputs.threshold:g} at {inputs.precision}"
+        + (f"; runs because {night.reason}" if night.reason else "")
     )
 
 

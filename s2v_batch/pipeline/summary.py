@@ -96,8 +96,9 @@ def backfill_summary(
     """The backfill's JSON-ready summary, with its one-line ``line``."""
     failed = [{"season": g.season, "night": g.night, "error": g.reason} for g in p.missing] + failed
     skipped = [[n.season, n.night] for n in p.complete]
+    because = f" ({p.why()})" if p.todo else ""
     line = (
-        f"backfill: {len(done)} night(s) run, {len(skipped)} skipped (complete), "
+        f"backfill: {len(done)} night(s) run{because}, {len(skipped)} skipped (complete), "
         f"{len(failed)} failed; {sum(d['score']['n_stamps'] for d in done):,} stamps scored in "
         f"{seconds:.1f} s"
     )
@@ -108,6 +109,7 @@ def backfill_summary(
     return {
         "done": done,
         "skipped": skipped,
+        "reasons": {f"{n.season}/{n.night}": n.reason for n in p.todo},
         "failed": failed,
         "reports": reports,
         "n_done": len(done),

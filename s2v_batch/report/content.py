@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from s2v_batch import __version__
+from s2v_batch.core import provenance as data_provenance
+from s2v_batch.core.conventions import survey_of_season
+from s2v_batch.core.provenance import MIXED, SIMULATED, SURVEY, UNKNOWN
 from s2v_batch.metrics.timesaved import time_saved
 from s2v_batch.report.tally import MAX_DISTINCT, Tally
 
@@ -64,35 +67,91 @@ def _card_training_text(card: Mapping[str, Any]) -> tuple[bool | None, str]:
     return None, text
 
 
-def provenance(simulated: bool | None, card: Mapping[str, Any] | None) -> tuple[bool | None, str]:
-    """The ``simulated`` flag and the sentence every report prints about its data."""
-    if simulated is not None:
-        if simulated:
-            return True, (
-                "SIMULATED DATA: these scores were computed on simulated stamps (the s2v-batch "
-                "simulator), not on survey observations. The figures describe the model on "
-                "simulated data; they are not survey results."
-            )
-        return False, "These scores were computed on survey observations (not simulated data)."
-    if card:
-        flag, text = _card_training_text(card)
-        quoted = f" (model card training data: {text[:200]})" if text else ""
-        if flag:
-            return True, (
-                f"SIMULATED DATA: the model was trained on simulated stamps{quoted}; treat "
-                "these scores as results on simulated data, not as survey results, unless "
-                "they were run on survey observations."
-            )
-        if flag is False:
-            return False, (
-                f"The model card says the model was trained on survey data, not simulated "
-                f"data{quoted}."
-            )
-    return None, (
-        "Data provenance unknown: no 'simulated' flag was given and no model card says what "
-        "data the model was trained on. Do not quote these figures as survey results until "
-        "the data are known."
+#: How the report's banner looks for each provenance of the data (html.py's CSS classes).
+BANNER = {SIMULATED: "sim", SURVEY: "real", MIXED: "mixed", UNKNOWN: "unknown"}
+
+_DATA_SENTENCE = {
+    SIMULATED: (
+        "SIMULATED DATA: these scores were computed on simulated stamps (the s2v-batch "
+        "simulator), not on survey observations. The figures describe the model on "
+        "simulated data; they are not survey results."
+    ),
+    SURVEY: "Survey data: these scores were computed on survey observations (not simulated data).",
+    MIXED: (
+        "MIXED DATA: these scores mix nights of simulated stamps with nights of survey "
+        "observations; the figures describe neither alone (the Parquet rows' data_provenance "
+        "column tells them apart)."
+    ),
+    UNKNOWN: (
+        "Data provenance unknown: these nights were stored before s2v-batch recorded where "
+        "their stamps came from (ingest them again to record it). Do not quote these figures "
+        "as survey results until the data are known."
+    ),
+}
+
+
+def model_provenance(card: Mapping[str, Any] | None) -> tuple[str, str]:
+    """What the model was trained on (``simulated``, ``survey`` or ``unknown``), from its card,
+    and the sentence a report prints about it."""
+    flag, text = _card_training_text(card) if card else (None, "")
+    quoted = f" (model card training data: {text[:200]})" if text else ""
+    if flag:
+        return SIMULATED, f"Model trained on simulated stamps{quoted}."
+    if flag is False:
+        return SURVEY, f"Model trained on survey data{quoted}."
+    return UNKNOWN, "The model card does not say what data the model was trained on."
+
+
+def provenance(data: str | None, card: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The two provenances a report states, separately: of its data and of its model.
+
+    Parameters
+    ----------
+    data : str, optional
+        Where the scored stamps came from (``simulated``, ``survey``, ``mixed``; None or
+        ``unknown`` when not recorded: :mod:`s2v_batch.core.provenance`).
+    card : mapping, optional
+        The model card.
+
+    Returns
+    -------
+    dict
+        ``data_kind``, ``simulated`` (True only for simulated data, False for survey data),
+        ``data_provenance`` (the sentence), ``model_trained_on`` and ``model_provenance``, and
+        ``model_warning``: the warning a report on survey data gives about a model trained on
+        simulated stamps (None otherwise).
+    """
+    kind = data if data in _DATA_SENTENCE else UNKNOWN
+    model_kind, model_text = model_provenance(card)
+    warning = None
+    if model_kind == SIMULATED and kind in (SURVEY, MIXED):
+        warning = (
+            "survey data, model trained on simulated stamps: the model's figures on its "
+            "simulated validation do not carry over to survey data; check it on labelled "
+            "survey stamps before trusting these scores"
+        )
+    return {
+        "data_kind": kind,
+        "simulated": {SIMULATED: True, SURVEY: False}.get(kind),
+        "data_provenance": _DATA_SENTENCE[kind],
+        "model_trained_on": model_kind,
+        "model_provenance": model_text,
+        "model_warning": warning,
+    }
+
+
+def title_note(rep: Mapping[str, Any]) -> str:
+    """What a plot title adds about the provenance: the data's, and a model trained on
+    simulated stamps where the data are not simulated."""
+    kind = rep.get("data_kind", UNKNOWN)
+    if kind == SIMULATED:
+        return " [SIMULATED DATA]"
+    note = {SURVEY: "survey data", MIXED: "MIXED simulated + survey data"}.get(
+        kind, "data provenance unknown"
     )
+    if rep.get("model_trained_on") == SIMULATED:
+        note += "; model trained on simulated stamps"
+    return f" [{note}]"
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -118,10 +177,13 @@ def figures(
     nights: list[int],
     seconds_per_stamp: float,
     simulated: bool | None,
-    provenance: str,
     card: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict (NaN still present; :func:`clean` removes it)."""
+    """The report as a JSON-ready dict (NaN still present; :func:`clean` removes it).
+
+    ``simulated`` overrides the data's provenance (True: simulated, False: survey); None takes
+    it from the scores' ``data_provenance`` column (``unknown`` where they have none).
+    """
     conf = tally.confusion
     thresholds = [_short_float(t) for t in tally.thresholds.sorted()]
     labelled = conf.n_labelled > 0
@@ -142,8 +204,12 @@ def figures(
         "night": nights[0] if kind == "night" else None,
         "nights": nights,
         "n_nights": len(nights),
-        "simulated": simulated,
-        "data_provenance": provenance,
+        **provenance(
+            data_provenance.combine(tally.data_provenances.values)
+            if simulated is None
+            else (SIMULATED if simulated else SURVEY),
+            card,
+        ),
         "n_stamps": tally.n_stamps,
         "n_scored": tally.n_scored,
         "n_errors": tally.n_errors,
@@ -155,6 +221,10 @@ def figures(
         "model_versions": tally.model_versions.sorted(),
         "model_sha256": tally.model_sha256s.single(),
         "model_sha256s": tally.model_sha256s.sorted(),
+        # float32 or bfloat16: what the model computed in (each has its own threshold); not
+        # "precision", which is the candidates' TP / (TP + FP)
+        "score_precision": tally.precisions.single(),
+        "score_precisions": tally.precisions.sorted(),
         "run_ids": tally.run_ids.sorted(),
         "scored_at_first": _iso(tally.scored_at_min),
         "scored_at_last": _iso(tally.scored_at_max),
@@ -180,6 +250,8 @@ def figures(
         rep["operating_points"] = None
     rep["model_card"] = {k: card.get(k) for k in CARD_KEYS if k in card} if card else None
     rep["warnings"] = _warnings(tally, rep, card)
+    if rep["model_warning"]:
+        rep["warnings"].append(rep["model_warning"])
     rep["files"] = dict(REPORT_FILES)
     if tally.agreement is not None:  # only where the scores carry the survey's own score
         rep["agreement"] = tally.agreement.as_dict()
@@ -233,6 +305,13 @@ def _warnings(tally: Tally, rep: Mapping[str, Any], card: Mapping[str, Any] | No
                 f"the model card's sha256 {card['sha256']} is not the model_sha256 of these "
                 "scores: the card may describe another model"
             )
+    model_survey = str(card.get("survey") or "").lower() if card else ""
+    if model_survey and model_survey != survey_of_season(rep["season"]):
+        out.append(
+            f"the model was trained on {model_survey.upper()} stamps and these are "
+            f"{survey_of_season(rep['season']).upper()} stamps: its scores and threshold are not "
+            "validated for them"
+        )
     for name, dist in (("model versions", tally.model_versions), ("run ids", tally.run_ids)):
         if dist.overflow:
             out.append(f"more than {MAX_DISTINCT} distinct {name}; only the first are listed")

@@ -10,8 +10,7 @@ one triplet at a time, enlarged with square pixels.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from s2v_batch.core.conventions import LABEL_ARTIFACT, LABEL_REAL
-from s2v_batch.store import dataset as zstore
+
+# The stretch, the sprite and the pixels' reading are shared with the scanning page, a layer
+# down; imported here under the names the reports (and their tests) have always used.
+from s2v_batch.formats.display import GAP, STRETCH, sprite_png, stretch
+from s2v_batch.store.pixels import read_pixels
+
+__all__ = ["GAP", "KINDS", "SPRITE", "STRETCH", "Picks", "galleries", "read_pixels", "sprite_png",
+           "stretch", "tiebreak"]  # fmt: skip
 
 #: Gallery kinds, in page order: (kind, title, what it answers).
 KINDS: tuple[tuple[str, str, str], ...] = (
@@ -36,12 +42,7 @@ KINDS: tuple[tuple[str, str, str], ...] = (
         "labelled reals it is surest are artifacts (missed)",
     ),
 )
-STRETCH = (
-    "srch, temp: zscale (astropy ZScaleInterval), linear; diff: linear, symmetric about its "
-    "median, +- the 99.5th percentile of |diff - median|; white is bright"
-)
 SPRITE = "gallery.png"
-GAP = 2  # pixels between the channels of a triplet and between triplets
 
 
 def tiebreak(stamp_id: np.ndarray) -> np.ndarray:
@@ -114,80 +115,6 @@ class Picks:
             }
             for i in range(min(n, len(cols["key"])))
         ]
-
-
-def stretch(pixels: np.ndarray) -> np.ndarray:
-    """Display stretch of ``(n, h, w, 3)`` stamps to uint8, per stamp and channel."""
-    from astropy.visualization import ZScaleInterval
-
-    out = np.zeros(pixels.shape, np.uint8)
-    zscale = ZScaleInterval()
-    for i in range(pixels.shape[0]):
-        for ch in range(pixels.shape[3]):
-            a = pixels[i, :, :, ch].astype(np.float64)
-            good = a[np.isfinite(a)]
-            if good.size == 0:
-                continue
-            if ch < 2:  # srch, temp
-                lo, hi = zscale.get_limits(good)
-            else:  # diff: 0 (the background) mid-grey, positive and negative alike
-                mid = float(np.median(good))
-                half = float(np.percentile(np.abs(good - mid), 99.5))
-                lo, hi = mid - half, mid + half
-            if not hi > lo:
-                out[i, :, :, ch] = 128
-                continue
-            v = np.clip((np.nan_to_num(a, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-            out[i, :, :, ch] = np.round(v * 255).astype(np.uint8)
-    return out
-
-
-def sprite_png(stamps: np.ndarray) -> tuple[bytes, list[int]]:
-    """A column of srch | temp | diff triplets (uint8 ``(n, h, w, 3)``); PNG and its [w, h]."""
-    from PIL import Image
-
-    n, h, w, _ = stamps.shape
-    width = 3 * w + 2 * GAP
-    img = np.full((n * (h + GAP) - GAP, width), 255, np.uint8)
-    for i in range(n):
-        y = i * (h + GAP)
-        for ch in range(3):
-            x = ch * (w + GAP)
-            img[y : y + h, x : x + w] = stamps[i, :, :, ch]
-    buf = io.BytesIO()
-    Image.fromarray(img, mode="L").save(buf, format="PNG", optimize=True)
-    return buf.getvalue(), [width, int(img.shape[0])]
-
-
-def read_pixels(
-    store_root: Path, season: str, rows: Sequence[Mapping[str, Any]]
-) -> tuple[list[np.ndarray | None], list[str]]:
-    """Pixels of each row's stamp (None where not found), read a night at a time; and notes."""
-    pixels: list[np.ndarray | None] = [None] * len(rows)
-    notes = []
-    by_night: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_night.setdefault(int(r["night"]), []).append(i)
-    for night, members in sorted(by_night.items()):
-        path = zstore.night_path(store_root, season, night)
-        if zstore.verify_night(path) is None:
-            notes.append(f"night {night} is not (complete) in the store {store_root}")
-            continue
-        ids = zstore.read_stamp_ids(path)
-        order = np.argsort(ids, kind="stable")
-        want = np.array([rows[i]["stamp_id"] for i in members], np.int64)
-        pos = np.searchsorted(ids, want, sorter=order)
-        pos = np.minimum(pos, len(ids) - 1) if len(ids) else pos
-        found = (ids[order[pos]] == want) if len(ids) else np.zeros(len(want), bool)
-        if not found.all():
-            notes.append(
-                f"{int((~found).sum())} stamp(s) of night {night} not in the store "
-                f"(e.g. stamp_id {int(want[~found][0])})"
-            )
-        block = zstore.read_stamps(path, order[pos[found]])
-        for j, i in enumerate(np.array(members)[found]):
-            pixels[i] = block[j]
-    return pixels, notes
 
 
 def galleries(

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from s2v_batch import __version__
-from s2v_batch.report.content import REPORT_FILES
+from s2v_batch.core.provenance import MIXED, SIMULATED, SURVEY, UNKNOWN
+from s2v_batch.report.content import BANNER, REPORT_FILES
+from s2v_batch.report.scanning import section_html as scanning_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:62em;
@@ -30,6 +32,8 @@ th{background:#f3f3f3}
 .sim{background:#fde2e1;border:2px solid #c62828;color:#7f1010}
 .unknown{background:#fff4d6;border:2px solid #b8860b}
 .real{background:#e6f4ea;border:1px solid #2e7d32}
+.mixed{background:#fde2e1;border:2px dashed #c62828;color:#7f1010}
+.banner.model{background:#fff4d6;border:1px solid #b8860b;font-weight:400}
 .warn{color:#8a4b00}
 img{max-width:100%;height:auto;border:1px solid #eee}
 code{font-size:0.9em}
@@ -64,9 +68,23 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _data_kind(rep: Mapping[str, Any]) -> str:
+    """The data's provenance; a report written before it was kept has only ``simulated``."""
+    kind = rep.get("data_kind")
+    if kind in BANNER:
+        return kind
+    return {True: SIMULATED, False: SURVEY}.get(rep.get("simulated"), UNKNOWN)
+
+
 def _banner(rep: Mapping[str, Any]) -> str:
-    cls = {True: "sim", False: "real", None: "unknown"}[rep["simulated"]]
-    return f"<div class='banner {cls}'>{_e(rep['data_provenance'])}</div>"
+    """The data's provenance (a red banner for simulated data), then the model's, separately:
+    a warning where survey data were scored by a model trained on simulated stamps."""
+    cls = BANNER[_data_kind(rep)]
+    model = rep.get("model_warning") or rep.get("model_provenance") or ""
+    model_cls = "banner model" if rep.get("model_warning") else "model-note"
+    return f"<div class='banner {cls}'>{_e(rep['data_provenance'])}</div>" + (
+        f"<div class='{model_cls}'>{_e(model[:1].upper() + model[1:])}</div>" if model else ""
+    )
 
 
 def _page(title: str, body: str) -> bytes:
@@ -114,6 +132,7 @@ def report_html(rep: Mapping[str, Any]) -> bytes:
                 ("threshold", _e(thr) if thr != "" else "&mdash;"),
                 ("model version", _e(", ".join(rep["model_versions"])) or "&mdash;"),
                 ("model sha256", f"<code>{_e(', '.join(rep['model_sha256s']))}</code>"),
+                ("computed in", _e(", ".join(rep.get("score_precisions", []))) or "&mdash;"),
                 ("run ids", _e(", ".join(rep["run_ids"])) or "&mdash;"),
                 (
                     "scored between",
@@ -145,6 +164,7 @@ def report_html(rep: Mapping[str, Any]) -> bytes:
             ]
         )
     )
+    parts.append(scanning_html(rep))
     parts.append("<h2>Against the labels</h2>")
     if rep["labelled"]:
         parts.append(_labels_table(rep))
@@ -327,7 +347,9 @@ def index_html(seasons: Sequence[Mapping[str, Any]]) -> bytes:
     rows = []
     for rep in seasons:
         s = rep["season"]
-        data = {True: "<b>simulated</b>", False: "survey", None: "unknown"}[rep.get("simulated")]
+        data = {SIMULATED: "<b>simulated</b>", MIXED: "<b>mixed</b> (simulated + survey)"}.get(
+            _data_kind(rep), _data_kind(rep)
+        )
         trend = (rep.get("files") or {}).get("trend")
         spark = (
             f"<img class='trend' src='{_e(s)}/{_e(trend)}' width='180' height='40' "
@@ -353,7 +375,7 @@ def index_html(seasons: Sequence[Mapping[str, Any]]) -> bytes:
         + "</p>"
         for rep in seasons
     )
-    sims = [rep["season"] for rep in seasons if rep.get("simulated")]
+    sims = [rep["season"] for rep in seasons if _data_kind(rep) in (SIMULATED, MIXED)]
     banner = (
         f"<div class='banner sim'>SIMULATED DATA in season(s) {_e(', '.join(sims))}: "
         "those figures are not survey results.</div>"

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from s2v_batch.core.conventions import LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
+from s2v_batch.core.provenance import UNKNOWN
 from s2v_batch.metrics.agreement import SURVEY_SCORE, Agreement
 from s2v_batch.metrics.classification import Confusion, MetricsError
 from s2v_batch.metrics.histogram import DEFAULT_BINS, ScoreHistogram
@@ -36,8 +37,10 @@ class ReportError(ValueError):
 
 
 _REQUIRED = ("score", "is_candidate", "threshold", "label")
-_OPTIONAL = ("error", "model_version", "model_sha256", "run_id", "scored_at")
-_STRING_COLUMNS = ["error", "model_version", "model_sha256", "run_id"]
+_OPTIONAL = (
+    "error", "model_version", "model_sha256", "run_id", "scored_at", "data_provenance", "precision"
+)  # fmt: skip
+_STRING_COLUMNS = [*_OPTIONAL[:4], "data_provenance", "precision"]
 _BATCH_ROWS = 65_536
 #: Distinct values kept per string column / error message; beyond that only a count.
 MAX_DISTINCT = 50
@@ -87,6 +90,10 @@ class Tally:
     model_versions: Distinct = field(default_factory=Distinct)
     model_sha256s: Distinct = field(default_factory=Distinct)
     run_ids: Distinct = field(default_factory=Distinct)
+    #: Where the rows' stamps came from (``unknown`` for rows without the column).
+    data_provenances: Distinct = field(default_factory=Distinct)
+    #: What the model computed in (``float32`` for rows scored before the column existed).
+    precisions: Distinct = field(default_factory=Distinct)
     errors: Counter[str] = field(default_factory=Counter)
     scored_at_min: Any = None
     scored_at_max: Any = None
@@ -115,7 +122,14 @@ class Tally:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.confusion = self.confusion + other.confusion
-        for name in ("thresholds", "model_versions", "model_sha256s", "run_ids"):
+        for name in (
+            "thresholds",
+            "model_versions",
+            "model_sha256s",
+            "run_ids",
+            "data_provenances",
+            "precisions",
+        ):
             getattr(self, name).merge(getattr(other, name))
         self._count_errors(other.errors)
         self._time_range(other.scored_at_min, other.scored_at_max)
@@ -206,6 +220,16 @@ class Tally:
         ):
             if col in names:
                 dest.update(v for v in batch.column(col).unique().to_pylist() if v is not None)
+        if "data_provenance" in names:
+            kinds = batch.column("data_provenance").unique().to_pylist()
+            self.data_provenances.update(UNKNOWN if k is None else k for k in kinds)
+        else:  # scores written before the column existed
+            self.data_provenances.update([UNKNOWN])
+        if "precision" in names:
+            kinds = batch.column("precision").unique().to_pylist()
+            self.precisions.update("float32" if k is None else k for k in kinds)
+        else:  # scored before there was a choice: float32
+            self.precisions.update(["float32"])
         if "scored_at" in names:
             col = batch.column("scored_at")
             if col.null_count < len(col):
@@ -301,7 +325,8 @@ def night_identity(root: Path, season: str, night: int, parts: list[Path]) -> di
     """
     m = sink.read_manifest(root, season, night) or {}
     if m.get("run_id"):
-        keys = ("run_id", "model_sha256", "n_stamps", "night_fingerprint", "store_fingerprint")
+        keys = ("run_id", "model_sha256", "n_stamps", "night_fingerprint", "store_fingerprint",
+                "labels_fingerprint")  # fmt: skip
         return {k: m.get(k) for k in keys if k in m}
     base = sink.night_dir(root, season, night)
     files = []

@@ -30,6 +30,7 @@ from s2v_batch.core.config import ReportConfig
 from s2v_batch.core.fsutil import write_bytes_atomic
 from s2v_batch.report import content, gallery, html, plots
 from s2v_batch.report import nights as nights_mod
+from s2v_batch.report import scanning as scanning_mod
 from s2v_batch.report.content import REPORT_FILES, SEASON_FILES
 from s2v_batch.report.tally import (
     ReportError,
@@ -91,6 +92,7 @@ class ReportSummary:
                 f"{rep['n_candidates']:,} candidates"
                 + (f" (x{rf:.1f} fewer)" if rf is not None else "")
                 + (" [SIMULATED]" if rep["simulated"] else "")
+                + (" [MIXED DATA]" if rep.get("data_kind") == "mixed" else "")
                 + f", {done}"
             )
         return f"report: {'; '.join(parts)}; index {self.index_html}"
@@ -125,12 +127,16 @@ def _write_one(
     store_root: Path | None,
     night_rows: list[dict[str, Any]] | None = None,
     flag_mads: float = 5.0,
+    verdicts: scanning_mod.Verdicts | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Write the files of one report; return its JSON content and the paths written."""
     rep = content.clean(content.figures(tally, kind=kind, season=season, nights=nights, **common))
     rep["identity"] = dict(ident)
+    rep["scanning"] = content.clean(
+        scanning_mod.section(verdicts, season=season, nights=nights, rep=rep)
+    )
     what = f"season {season}" if kind == "season" else f"season {season}, night {nights[0]}"
-    sim = " [SIMULATED DATA]" if rep["simulated"] else ""
+    sim = content.title_note(rep)
     pngs = {
         "score_histogram": plots.histogram_png(
             tally.histogram, rep["thresholds"], f"Scores, {what}{sim}"
@@ -184,6 +190,7 @@ def write_reports(
     skip_unchanged: bool = False,
     store: str | os.PathLike[str] | None = None,
     config: ReportConfig | None = None,
+    verdicts: str | None = None,
 ) -> ReportSummary:
     """Write per-season and per-night reports from the Parquet scores.
 
@@ -199,8 +206,9 @@ def write_reports(
     seconds_per_stamp : float, optional
         Human scanning time per stamp for the time-saved figures (default: the config's, 0.5).
     simulated : bool, optional
-        Whether the scores come from simulated stamps. When None, taken from the model
-        card's ``training_data`` (its ``simulated`` flag, else its text).
+        Whether the scores come from simulated stamps (True) or survey observations (False),
+        for scores that do not say. When None, taken from the rows' ``data_provenance`` (each
+        night's, recorded at ingest); the model's provenance comes from its card, separately.
     model_card : mapping, optional
         The model card (``ModelCard.to_dict()``): target recall, provenance, sha256 check.
     skip_unchanged : bool
@@ -213,6 +221,9 @@ def write_reports(
         Without it the reports say the galleries were skipped, and why.
     config : ReportConfig, optional
         Gallery sizes and the flagging range (and seconds per stamp); defaults otherwise.
+    verdicts : str, optional
+        The scanners' verdict database (SQLite file or ``postgresql://`` URL) for the
+        "Scanning" section; default ``SCORES/_verdicts.sqlite`` where it exists.
 
     Returns
     -------
@@ -235,8 +246,8 @@ def write_reports(
     if store_root is not None and not store_root.is_dir():
         raise ReportError(f"store {store_root} does not exist or is not a folder")
     found = discover(root, season)
-    flag, prov = content.provenance(simulated, model_card)
-    common = dict(seconds_per_stamp=sec, simulated=flag, provenance=prov, card=model_card)
+    vdb = scanning_mod.read_verdicts(root, verdicts)
+    common = dict(seconds_per_stamp=sec, simulated=simulated, card=model_card)
     sizes = {k.removeprefix("gallery_"): v for k, v in cfg.gallery_sizes().items()}
     night_sizes = {k: cfg.night_gallery if v else 0 for k, v in sizes.items()}
     keep = {k: max(v, night_sizes[k]) for k, v in sizes.items()}
@@ -248,7 +259,9 @@ def write_reports(
         galleries={**sizes, "night": cfg.night_gallery},
         flag_mads=cfg.flag_mads,
     )
-    shared = dict(common=common, store_root=store_root)
+    if vdb is not None:  # a new verdict puts every report out of date
+        settings = {**settings, "verdicts": vdb.identity}
+    shared = dict(common=common, store_root=store_root, verdicts=vdb)
 
     written: list[Path] = []
     seasons: dict[str, dict[str, Any]] = {}

@@ -64,3 +64,17 @@ def nights_problem(
                 "give a model of that input with --model"
             )
     return None
+
+
+def survey_mismatch(refs: list[zstore.NightRef], card: Any) -> str | None:
+    """A warning when the model was trained on another survey's stamps than these nights'
+    (the run goes on: the user named the model; the rows' model identity tells which it was)."""
+    model_survey = str(getattr(card, "survey", "des") or "des").lower()
+    others = sorted({survey_of_season(r.season) for r in refs} - {model_survey})
+    if not others:
+        return None
+    return (
+        f"model {card.name}-{card.version} was trained on {model_survey.upper()} stamps; these "
+        f"nights are {', '.join(o.upper() for o in others)}: its scores and threshold are not "
+        "validated for them"
+    )

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from s2v_batch.core import provenance
 from s2v_batch.core.config import ScoreConfig
 from s2v_batch.core.conventions import survey_of_season
 from s2v_batch.core.faults import ensure_free_space, environment_fault
 from s2v_batch.core.fsutil import exclusive_all
 from s2v_batch.model import load_card
-from s2v_batch.scoring.checks import model_for_nights, nights_problem
+from s2v_batch.model.precision import resolve_precision
+from s2v_batch.scoring.checks import model_for_nights, nights_problem, survey_mismatch
 from s2v_batch.scoring.worker import (  # noqa: F401  (the worker side, re-exported)
     WarmUp,
     get_predictor,
@@ -37,6 +40,7 @@ from s2v_batch.scoring.worker import (  # noqa: F401  (the worker side, re-expor
     warm_up,
 )
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 from s2v_batch.store import state as nightstate
 from s2v_batch.store.shardread import StampReader
@@ -59,7 +63,7 @@ class NightScore:
 
     season: str
     night: int
-    status: str  # "scored" | "skipped"
+    status: str  # "scored" | "relabelled" (scores kept, labels new) | "skipped"
     n_stamps: int
     n_candidates: int
     n_errors: int
@@ -109,12 +113,15 @@ class ScoreSummary:
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         scored = [n for n in self.nights if n.status == "scored"]
+        relabelled = sum(n.status == "relabelled" for n in self.nights)
         new = sum(n.n_stamps for n in scored)
         rate = new / self.seconds if self.seconds > 0 else 0.0
         return (
             f"score: {self.n_stamps} stamps, {self.n_candidates} candidates, {self.n_errors} errors; "
-            f"{len(self.nights)} nights ({len(scored)} scored, {len(self.nights) - len(scored)} "
-            f"already complete) with {self.model}; {rate:,.0f} stamps/s over {self.seconds:.1f} s"
+            f"{len(self.nights)} nights ({len(scored)} scored, "
+            + (f"{relabelled} relabelled, " if relabelled else "")
+            + f"{len(self.nights) - len(scored) - relabelled} already complete) with {self.model}; "
+            f"{rate:,.0f} stamps/s over {self.seconds:.1f} s"
             + (f"; {self.n_parts_resumed} parts resumed" if self.n_parts_resumed else "")
         )
 
@@ -128,6 +135,8 @@ class NightScoring:
     night_fp: str | None
     n_stamps: int
     run: dict[str, str]
+    data_provenance: str = provenance.UNKNOWN
+    labels_fp: str | None = None
     stats: dict[int, dict[str, int]] = field(default_factory=dict)
     left: int = 0
     published: bool = False
@@ -162,11 +171,13 @@ def score(
     season, night : optional
         Restrict to a season and/or a night.
     config : ScoreConfig, optional
-        Batch size, threshold override, mixed precision, part size, how long to wait for
-        another writer of a night.
+        Batch size, threshold override, precision (``auto`` is resolved on the workers:
+        :func:`s2v_batch.model.precision.resolve_precision`; each precision scores against the
+        card's threshold for it), part size, how long to wait for another writer of a night.
     skip_complete : bool
         Skip nights whose published scores are current (``sink.current_scores``: this model,
-        threshold and stored data); otherwise every selected night is (re)scored and replaced.
+        threshold, precision and stored data); otherwise every selected night is (re)scored
+        and replaced.
     progress : bool
         Show a progress bar.
     log : callable
@@ -198,10 +209,16 @@ def score(
     scores_root = Path(scores_root).expanduser().resolve()
     card = load_card(model_path)
     keras_path = model_path.with_suffix(".keras")
-    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold)
+    precision = resolve_precision(cfg.precision, client)
+    threshold = float(cfg.threshold if cfg.threshold is not None else card.threshold_for(precision))
+    # Downstream reads the resolved precision from the config, never "auto".
+    cfg = replace(cfg, precision=precision)
     problem = nights_problem(refs, scores_root, card, model_path)
     if problem:
         raise ScoringError(problem)
+    mismatch = survey_mismatch(refs, card)
+    if mismatch:
+        log(f"warning: {mismatch}")
     locks = [
         (
             sink.lock_path(scores_root, r.season, r.night),
@@ -211,8 +228,11 @@ def score(
     ]
     # Workers import TensorFlow, load the model and trace it while the nights are planned.
     dtypes = sorted({_stamps_dtype(r.path) for r in refs[:16]} - {None})
+    # A name of this call's own: runs sharing a cluster (a backfill's nights) each remove
+    # only the plugin they registered (a shared name was removed twice: an ERROR in the log).
+    plugin_name = f"{WarmUp.name}-{uuid.uuid4().hex[:12]}"
     client.register_plugin(
-        WarmUp(str(keras_path), cfg.batch_size, cfg.mixed_precision, dtypes), name=WarmUp.name
+        WarmUp(str(keras_path), cfg.batch_size, cfg.precision, dtypes), name=plugin_name
     )
     try:
         # One writer per night: staging and publishing are not shared.
@@ -232,7 +252,7 @@ def score(
             )
     finally:
         with contextlib.suppress(Exception):  # a worker plugin left behind only warms up
-            client.unregister_worker_plugin(WarmUp.name)
+            client.unregister_worker_plugin(plugin_name)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -244,9 +264,11 @@ def _score_nights(
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    summary = ScoreSummary(model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]})")
+    summary = ScoreSummary(
+        model=f"{card.name}-{card.version} (sha256 {card.sha256[:12]}) at {cfg.precision}"
+    )
     check_space(refs, scores_root, card, threshold, cfg, skip_complete)
-    key = sink.run_key(card.sha256, threshold, cfg.part_stamps)
+    key = sink.run_key(card.sha256, threshold, cfg.part_stamps, cfg.precision)
     jobs: dict = {}
     plans: dict[tuple[str, int], NightScoring] = {}
     for ref in refs:
@@ -255,16 +277,21 @@ def _score_nights(
             log(f"warning: {ref.path} is incomplete; ingest it again (skipped)")
             continue
         night_fp, n_stamps = nightstate.fingerprint_of(attrs), int(attrs["n_stamps"])
-        m = skip_complete and sink.current_scores(
-            scores_root,
-            ref.season,
-            ref.night,
-            night_fp=night_fp,
-            model_sha256=card.sha256,
-            threshold=threshold,
-            n_stamps=n_stamps,
-        )
-        if m:
+        labels_fp = nightstate.night_labels_fingerprint(ref.path, attrs)
+        what = dict(night_fp=night_fp, model_sha256=card.sha256, threshold=threshold,
+                    n_stamps=n_stamps, precision=cfg.precision)  # fmt: skip
+        m, why = sink.scores_status(scores_root, ref.season, ref.night, **what, labels_fp=labels_fp)
+        if skip_complete and why == nightstate.LABELS_CHANGED:
+            # Only the labels changed: the same scores are published again with the new ones.
+            publish.relabel_night(scores_root, ref.season, ref.night, zstore.read_stamp_ids(
+                ref.path), zstore.read_labels(ref.path), labels_fp)  # fmt: skip
+            m = sink.current_scores(scores_root, ref.season, ref.night, **what)
+            summary.nights.append(
+                NightScore(ref.season, ref.night, "relabelled", m["n_stamps"], m["n_candidates"],
+                           m["n_errors"], sink.night_dir(scores_root, ref.season, ref.night))
+            )  # fmt: skip
+            continue
+        if skip_complete and m:
             summary.nights.append(
                 NightScore(
                     ref.season,
@@ -277,17 +304,22 @@ def _score_nights(
                 )
             )
             continue
-        sink.discard_staging(scores_root, ref.season, ref.night, keep=key)
-        stage = sink.staging_dir(scores_root, ref.season, ref.night, key)
+        # Parts staged with other labels are not resumed: the rows carry the labels.
+        nkey = f"{key}-{labels_fp[:12]}"
+        publish.discard_staging(scores_root, ref.season, ref.night, keep=nkey)
+        stage = sink.staging_dir(scores_root, ref.season, ref.night, nkey)
         stage.mkdir(parents=True, exist_ok=True)
-        plan = NightScoring(ref, stage, night_fp, n_stamps, sink.run_identity(stage))
+        plan = NightScoring(
+            ref, stage, night_fp, n_stamps, publish.run_identity(stage), provenance.of_attrs(attrs),
+            labels_fp,
+        )  # fmt: skip
         plans[(ref.season, ref.night)] = plan
         # An empty night (every stamp quarantined) still publishes one part, of no rows: its
         # scores exist, and readers and reports see the night.
         slices = zstore.shard_slices(n_stamps, cfg.part_stamps) or [slice(0, 0)]
         for i, sl in enumerate(slices):
             part = sink.part_path(stage, i, plan.run["run_id"])
-            if sink.part_rows(part) == sl.stop - sl.start:
+            if publish.part_rows(part) == sl.stop - sl.start:
                 plan.stats[i] = _part_stats(part)  # resumed: done in an earlier run
                 summary.n_parts_resumed += 1
                 continue
@@ -300,7 +332,7 @@ def _score_nights(
                 str(keras_path),
                 threshold,
                 cfg.batch_size,
-                cfg.mixed_precision,
+                cfg.precision,
                 plan.run["run_id"],
                 plan.run["scored_at"],
                 pure=False,
@@ -317,11 +349,11 @@ def _score_nights(
             summary.first_part_seconds = time.perf_counter() - t0
         bar.update(1)
         if plan.left == 0:  # publish each night as soon as its last part lands
-            summary.nights.append(_publish(plan, scores_root, card, threshold))
+            summary.nights.append(_publish(plan, scores_root, card, threshold, cfg.precision))
     bar.close()
     for plan in plans.values():
         if not plan.published:  # every part was staged by an earlier, killed run
-            summary.nights.append(_publish(plan, scores_root, card, threshold))
+            summary.nights.append(_publish(plan, scores_root, card, threshold, cfg.precision))
     summary.nights.sort(key=lambda n: (n.season, n.night))
     return summary
 
@@ -343,7 +375,7 @@ def check_space(refs, scores_root, card, threshold: float, cfg: ScoreConfig, ski
         n = int(attrs.get("n_stamps", 0))
         current = skip_complete and sink.current_scores(
             scores_root, ref.season, ref.night, night_fp=nightstate.fingerprint_of(attrs),
-            model_sha256=card.sha256, threshold=threshold, n_stamps=n,
+            model_sha256=card.sha256, threshold=threshold, n_stamps=n, precision=cfg.precision,
         )  # fmt: skip
         if not current:
             stamps += n
@@ -375,7 +407,7 @@ def _part_stats(part: Path) -> dict[str, int]:
     }
 
 
-def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightScore:
+def _publish(plan: NightScoring, scores_root, card, threshold: float, precision: str) -> NightScore:
     ref, stats = plan.ref, plan.stats.values()
     n = sum(s["n"] for s in stats)
     if n != plan.n_stamps:
@@ -389,13 +421,16 @@ def _publish(plan: NightScoring, scores_root, card, threshold: float) -> NightSc
         model=card.to_dict(),
         run=plan.run,
         threshold=threshold,
+        precision=precision,
         season=ref.season,
         night=ref.night,
         n_stamps=n,
         n_candidates=n_cand,
         n_errors=n_err,
         survey=survey_of_season(ref.season),
+        data_provenance=plan.data_provenance,
+        **{sink.LABELS_KEY: plan.labels_fp},
     )
-    dest = sink.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
+    dest = publish.publish_night(plan.stage, scores_root, ref.season, ref.night, manifest)
     plan.published = True
     return NightScore(ref.season, ref.night, "scored", n, n_cand, n_err, dest)

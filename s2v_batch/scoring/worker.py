@@ -24,9 +24,11 @@ import numpy as np
 import pyarrow as pa
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from s2v_batch.core import provenance
 from s2v_batch.core.conventions import CHANNELS
 from s2v_batch.core.surveys import alert_score_columns
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store import publish
 from s2v_batch.store import scores as sink
 from s2v_batch.store.shardread import StampReader
 
@@ -39,8 +41,9 @@ _NIGHTS_KEPT = 4
 _BUFFERS = threading.local()
 
 
-def get_predictor(model_path: str, batch_size: int, mixed_precision: bool = False):
-    """The worker's predictor for a model file, loaded (and sha256-checked) once per process."""
+def get_predictor(model_path: str, batch_size: int, precision: str = "float32"):
+    """The worker's predictor for a model file at a precision (``float32``, ``bfloat16``),
+    loaded (and sha256-checked) once per process."""
     # deferred: Keras and TensorFlow load on the worker, once, not in the client
     from s2v_batch.model import Predictor
 
@@ -48,21 +51,21 @@ def get_predictor(model_path: str, batch_size: int, mixed_precision: bool = Fals
         str(Path(model_path).resolve()),
         os.stat(model_path).st_mtime_ns,
         batch_size,
-        mixed_precision,
+        precision,
     )
     with _LOCK:
         pred = _PREDICTORS.get(key)
         if pred is None:
-            pred = Predictor(model_path, batch_size=batch_size, mixed_precision=mixed_precision)
+            pred = Predictor(model_path, batch_size=batch_size, precision=precision)
             _PREDICTORS[key] = pred
     return pred
 
 
-def warm_up(model_path: str, batch_size: int, mixed_precision: bool, dtypes: list[str]) -> None:
+def warm_up(model_path: str, batch_size: int, precision: str, dtypes: list[str]) -> None:
     """Load the model and trace its compiled call for each stamp dtype (the worker's start-up:
     TensorFlow's import, the model's load and one trace per dtype, 5-8 s of CPU on the VM).
     Nothing is run: a batch of zeros here cost the first part 0.7 s of compute on the VM."""
-    pred = get_predictor(model_path, batch_size, mixed_precision)
+    pred = get_predictor(model_path, batch_size, precision)
     for dtype in dtypes:
         pred.prepare(dtype)
 
@@ -76,10 +79,8 @@ class WarmUp(WorkerPlugin):
 
     name = "s2v-score-warm-up"
 
-    def __init__(
-        self, model_path: str, batch_size: int, mixed_precision: bool, dtypes: list[str]
-    ) -> None:
-        self.args = (str(model_path), int(batch_size), bool(mixed_precision), list(dtypes))
+    def __init__(self, model_path: str, batch_size: int, precision: str, dtypes: list[str]) -> None:
+        self.args = (str(model_path), int(batch_size), str(precision), list(dtypes))
 
     def setup(self, worker: Any) -> None:
         threading.Thread(target=self._run, name=self.name, daemon=True).start()
@@ -105,7 +106,9 @@ def _open_night(night_path: str) -> _OpenNight:
 
     stamps = zstore.stamps_path(night_path)
     st = os.stat(stamps / "zarr.json")
-    key = (str(night_path), st.st_ino, st.st_mtime_ns)
+    # The night's own metadata too: a labels update rewrites it (and the labels), not the pixels.
+    meta = os.stat(Path(night_path) / "zarr.json")
+    key = (str(night_path), st.st_ino, st.st_mtime_ns, meta.st_ino, meta.st_mtime_ns)
     with _LOCK:
         night = _NIGHTS.get(key)
         if night is not None:
@@ -146,16 +149,14 @@ def _guarded(pred: Any) -> bool:
     return any(isinstance(layer, NonFiniteGuard) for layer in pred.model.layers)
 
 
-def score_block(
-    pixels: np.ndarray, model_path: str, batch_size: int, mixed_precision: bool = False
-):
+def score_block(pixels: np.ndarray, model_path: str, batch_size: int, precision: str = "float32"):
     """Scores of a block of stamps (NaN where a stamp has non-finite pixels) and the reasons.
 
     The model's :class:`~s2v_batch.model.NonFiniteGuard` already scores such a stamp NaN, so
     only stamps that scored NaN are looked at (a pass over every float pixel saved); a model
     without the guard gets its non-finite stamps left out first.
     """
-    pred = get_predictor(model_path, batch_size, mixed_precision)
+    pred = get_predictor(model_path, batch_size, precision)
     if pixels.dtype.kind == "f" and not _guarded(pred):
         reasons = nonfinite_reasons(pixels)
         ok = np.array([r is None for r in reasons], dtype=bool)
@@ -218,7 +219,7 @@ def score_shard(
     model_path: str,
     threshold: float,
     batch_size: int,
-    mixed_precision: bool,
+    precision: str,
     run_id: str,
     scored_at: str,
 ) -> dict:
@@ -226,14 +227,14 @@ def score_shard(
     night = _open_night(night_path)
     stamp_id = night.stamp_id[start:stop]
     label = night.label[start:stop]
-    pred = get_predictor(model_path, batch_size, mixed_precision)
+    pred = get_predictor(model_path, batch_size, precision)
     chunk = night.reader.chunk_stamps
     step = -(-2 * batch_size // chunk) * chunk  # whole inner chunks
     scores = np.empty(stop - start, np.float32)
     reasons: list[str | None] = []
     at = 0
     for pixels in prefetched_reads(night.reader, start, stop, step):
-        sc, rs = score_block(pixels, model_path, batch_size, mixed_precision)
+        sc, rs = score_block(pixels, model_path, batch_size, precision)
         scores[at : at + len(sc)] = sc
         reasons.extend(rs)
         at += len(sc)
@@ -241,6 +242,9 @@ def score_shard(
     valid = np.isfinite(scores)
     cand = valid & (scores >= np.float32(threshold))
     ts = dt.datetime.fromisoformat(scored_at)
+    frac = np.asarray(night.group["masked_fraction"][start:stop], np.float32)
+    limit = pred.card.max_masked_fraction  # scored anyway above it; the row says so
+    over = pa.nulls(n, pa.bool_()) if limit is None else pa.array(frac > np.float32(limit))
     table = pa.table(
         {
             "stamp_id": pa.array(stamp_id, pa.int64()),
@@ -249,14 +253,18 @@ def score_shard(
             "threshold": pa.array(np.full(n, threshold, np.float32)),
             "label": pa.array(label, pa.int8(), mask=label < 0),
             "model_version": _repeat(f"{pred.card.name}-{pred.card.version}", n),
+            "precision": _repeat(pred.precision, n),
             "model_sha256": _repeat(pred.sha256, n),
             "run_id": _repeat(run_id, n),
             "scored_at": pa.repeat(pa.scalar(ts, pa.timestamp("us", tz="UTC")), n),
             "error": pa.array(reasons, pa.string()),
+            "data_provenance": _repeat(provenance.of_attrs(night.group.attrs), n),
+            "masked_fraction": pa.array(frac, pa.float32()),
+            "masked_over_limit": over,
             **alert_score_columns(night.group, night.survey, start, stop),  # none for DES
         }
     )
-    sink.write_part(out_part, table, sink.score_schema(night.survey))
+    publish.write_part(out_part, table, sink.score_schema(night.survey))
     return {"n": n, "n_candidates": int(cand.sum()), "n_errors": int((~valid).sum())}
 
 

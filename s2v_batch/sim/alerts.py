@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from s2v_batch import __version__
+from s2v_batch.core import provenance
 from s2v_batch.core.fsutil import atomic_path
 from s2v_batch.core.nights import MJD_JD_OFFSET, TAI_MINUS_UTC_S, shift_night
 from s2v_batch.formats.alertpackets import NJY_AB_ZEROPOINT, fit_to_size
@@ -382,7 +384,12 @@ def simulate_alerts(
         records, ids, labels = _night_records(
             survey, night, alerts_per_night, rng, sizes, real_fraction
         )
-        files += _write_night(out, survey, night, fmt, records, ids)
+        written = _write_night(out, survey, night, fmt, records, ids)
+        provenance.write_marker(
+            written[0].parent, [f.name for f in written], version=__version__, seed=seed,
+            survey=survey, night=night,
+        )  # fmt: skip
+        files += written
         with open(csv, "a", encoding="ascii") as f:
             for sid, lab in zip(ids.tolist(), labels.tolist(), strict=True):
                 f.write(f"{sid},{0 if lab == 1 else 1},{survey},{night}\n")

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s2v_batch import __version__
+from s2v_batch.core import provenance
 from s2v_batch.core.conventions import SEASON_RE, label_to_object_type
 from s2v_batch.sim.encoders import FILL_1E30, fits_bytes, render_gif
 from s2v_batch.sim.features import lag1_autocorrelation
@@ -347,6 +349,9 @@ def simulate(
             n_real += int(batch.labels.sum())
             n_total += m
         files += writer.close()
+        provenance.write_marker(
+            out / season, [str(night)], version=__version__, seed=seed, survey="des", season=season
+        )
         if progress:
             print(f"simulated {season}/{night}: {stamps_per_night} stamps", file=sys.stderr)
     return SimulationSummary(

@@ -295,6 +295,34 @@ def read_stamp_ids(path: str | Path) -> np.ndarray:
     return zarr.open_array(Path(path) / "stamp_id", mode="r")[:]
 
 
+def read_labels(path: str | Path) -> np.ndarray:
+    """The ``label`` array of a night (already verified by the caller): 1 byte a stamp."""
+    import zarr
+
+    return zarr.open_array(Path(path) / "label", mode="r")[:]
+
+
+def write_labels(path: str | Path, labels: np.ndarray, **attrs: Any) -> None:
+    """Replace a complete night's labels in place (and set ``attrs``), leaving its pixels alone.
+
+    The label array is small (a byte a stamp); its chunk and the metadata are rewritten, the
+    stamp shards are not. A run stopped half way leaves labels that the next run finds stale
+    and writes again.
+    """
+    import zarr
+
+    path = Path(path)
+    with warnings.catch_warnings(), writing(path):
+        warnings.simplefilter("ignore")  # consolidated metadata: not yet in the Zarr v3 spec
+        group = zarr.open_group(path, mode="r+")
+        arr = group["label"]
+        if arr.shape != (len(labels),):
+            raise StoreError(f"{path}: {len(labels)} labels for {arr.shape[0]} stamps")
+        arr[:] = np.asarray(labels, dtype=np.int8)
+        group.attrs.update(attrs)
+        zarr.consolidate_metadata(path)
+
+
 def read_stamps(path: str | Path, indices: np.ndarray | list[int]) -> np.ndarray:
     """Pixels of the stamps at ``indices`` (positions along ``stamp``), in the order given.
 

@@ -12,34 +12,26 @@ Layout (this module is the only one that builds these paths)::
     SCORES/_staging/season=<S>/night=<N>/<key>.publish/  the night's file being assembled
     SCORES/_staging/season=<S>/night=<N>.lock      held by the one process scoring the night
 
-pyarrow and pandas skip ``_`` folders and files. Parts are written through a temporary name and
-a rename. Publishing merges a night's parts into one file, its rows sorted by
-:data:`PUBLISH_SORT` in row groups of :data:`PUBLISH_ROW_GROUP` rows, so that a season is read
-from one file a night and a filter on the sort keys skips row groups; the folder is then swapped
-into place in one atomic exchange, so a reader sees a night's old rows or its new rows, never a
-mix or duplicates.
+pyarrow and pandas skip ``_`` folders and files. Writing the parts and publishing a night (in
+one atomic swap) are :mod:`s2v_batch.store.publish`'s; reading them back, the manifests and
+whether a night's scores are current are here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import shutil
 import urllib.parse
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from s2v_batch.core.faults import environment_fault
-from s2v_batch.core.fsutil import atomic_path, replace_dir, write_bytes_atomic
 from s2v_batch.core.surveys import get_survey
+from s2v_batch.store.state import LABELS_CHANGED
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -49,10 +41,18 @@ SCORE_SCHEMA = pa.schema(
         ("threshold", pa.float32()),
         ("label", pa.int8()),
         ("model_version", pa.string()),
+        # float32 or bfloat16: what the model computed in (the threshold is that precision's)
+        ("precision", pa.string()),
         ("model_sha256", pa.string()),
         ("run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("error", pa.string()),
+        # simulated / survey / mixed / unknown: where the night's stamps came from
+        ("data_provenance", pa.string()),
+        # the stamp's masked pixels (an edge cut-out's pad included), as stored
+        ("masked_fraction", pa.float32()),
+        # masked_fraction above the model card's max_masked_fraction (null: the card states none)
+        ("masked_over_limit", pa.bool_()),
     ]
 )
 
@@ -72,17 +72,9 @@ PART_BYTES_PER_STAMP = 32
 PART_OVERHEAD = 8 * 1024
 MANIFEST = "_manifest.json"
 _STAGING = "_staging"
-_RUN_FILE = "_run.json"
 #: The manifest key of the stored night's fingerprint; manifests before 0.2 call it
 #: ``store_fingerprint`` (still read).
 _FINGERPRINT_KEYS = ("night_fingerprint", "store_fingerprint")
-#: Row order of a published night: best candidates first, so a filter ``score >= t`` reads only
-#: the first row groups of each night (benchmarks/bench_queries.py measured the choice).
-PUBLISH_SORT: tuple[tuple[str, str], ...] = (("score", "descending"), ("stamp_id", "ascending"))
-#: Rows per row group of a published night (the unit a filter skips and a scan reads).
-PUBLISH_ROW_GROUP = 131_072
-#: Rows per published file; a larger night gets several files of this many rows.
-PUBLISH_FILE_ROWS = 8 * 2**20
 
 
 # --------------------------------------------------------------------------- paths
@@ -93,10 +85,13 @@ def night_dir(root: str | Path, season: str, night: int) -> Path:
     return Path(root) / f"season={season}" / f"night={int(night)}"
 
 
-def run_key(model_sha256: str, threshold: float, part_stamps: int) -> str:
+def run_key(
+    model_sha256: str, threshold: float, part_stamps: int, precision: str = "float32"
+) -> str:
     """Name of a scoring run's staging folder: parts staged under another key (another model,
-    threshold or part size) are not reused."""
-    return f"{model_sha256[:16]}-t{float(threshold):.6f}-p{int(part_stamps)}"
+    threshold, part size or precision) are not reused. float32 keys are as before precisions."""
+    key = f"{model_sha256[:16]}-t{float(threshold):.6f}-p{int(part_stamps)}"
+    return key if precision == "float32" else f"{key}-{precision}"
 
 
 class ScoresLayoutError(ValueError):
@@ -196,120 +191,6 @@ def part_path(folder: str | Path, index: int, run_id: str) -> Path:
     return Path(folder) / f"part-{run_id[:12]}-{index:05d}.parquet"
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def write_part(path: str | Path, table: pa.Table, schema: pa.Schema = SCORE_SCHEMA) -> None:
-    """Write one part atomically (temporary name, then rename), cast to ``schema``
-    (:func:`score_schema` of the night's survey)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table.cast(schema), tmp, compression="zstd")
-
-
-def part_rows(path: str | Path) -> int | None:
-    """Rows of a finished part (from its footer), or None when missing or unreadable."""
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception as exc:
-        if environment_fault(exc):  # unreadable is not unfinished: re-scoring cannot help
-            raise
-        return None
-
-
-def run_identity(stage: str | Path) -> dict[str, str]:
-    """The run id and time of a night's scoring, kept in its staging folder so that a resumed
-    run reuses them (created on first use)."""
-    path = Path(stage) / _RUN_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        run = {
-            "run_id": uuid.uuid4().hex,
-            "scored_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        }
-        write_bytes_atomic(path, json.dumps(run).encode())
-        return run
-
-
-def publish_night(
-    staging: str | Path, root: str | Path, season: str, night: int, manifest: dict[str, Any]
-) -> Path:
-    """Publish a finished staging folder as the night's scores (replacing any earlier ones).
-
-    The staged parts are merged into one file (:func:`merge_parts`) in a sibling folder with the
-    manifest, that folder is swapped in, and only then are the parts removed: a run killed at
-    any point leaves either the old night or the new one published, and its parts to resume.
-    """
-    staging = Path(staging)
-    assembly = staging.with_name(staging.name + ".publish")
-    shutil.rmtree(assembly, ignore_errors=True)
-    assembly.mkdir(parents=True)
-    merge_parts(sorted(staging.glob("part-*.parquet")), assembly, manifest["run_id"])
-    write_bytes_atomic(assembly / MANIFEST, json.dumps(manifest, indent=2).encode())
-    dest = night_dir(root, season, night)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(assembly, dest)
-    shutil.rmtree(staging, ignore_errors=True)
-    # Remove the now-empty staging parents, if nothing else is staged there.
-    for parent in (staging.parent, staging.parent.parent):
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-    return dest
-
-
-def merge_parts(
-    parts: Sequence[str | Path],
-    folder: str | Path,
-    run_id: str,
-    *,
-    sort: Sequence[tuple[str, str]] = PUBLISH_SORT,
-    row_group: int = PUBLISH_ROW_GROUP,
-    file_rows: int | None = None,
-) -> list[Path]:
-    """Write the rows of ``parts`` into ``folder`` as one file named for run ``run_id``
-    (:func:`part_path`; more files of ``file_rows`` rows for a larger night), sorted by ``sort``,
-    in row groups of ``row_group``.
-
-    Columns that repeat one value (model, run, threshold) are read dictionary-encoded and the
-    rows are gathered one row group at a time, so memory stays near the sort keys' size.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written (none for no parts).
-    """
-    if not parts:
-        return []
-    file_rows = file_rows or PUBLISH_FILE_ROWS  # read now: a test may lower the module's value
-    first = pq.ParquetFile(parts[0]).schema_arrow
-    strings = [f.name for f in first if pa.types.is_string(f.type)]
-    table = pa.concat_tables(
-        pq.read_table(p, read_dictionary=strings) for p in parts
-    ).unify_dictionaries()
-    order = pc.sort_indices(table, sort_keys=list(sort))  # nulls (unscored stamps) last
-    out: list[Path] = []
-    for f0 in range(0, max(len(table), 1), file_rows):
-        path = part_path(folder, len(out), run_id)
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, first, compression="zstd") as w:
-            for r0 in range(f0, min(f0 + file_rows, len(table)), row_group):
-                rows = table.take(order[r0 : min(r0 + row_group, f0 + file_rows)])
-                w.write_table(rows.cast(first), row_group_size=row_group)
-        out.append(path)
-    return out
-
-
-def discard_staging(root: str | Path, season: str, night: int, keep: str | None = None) -> None:
-    """Remove a night's stale staging folders (from runs with other models or thresholds)."""
-    base = staging_dir(root, season, night, "x").parent
-    if not base.is_dir():
-        return
-    for d in base.iterdir():
-        if d.name != keep:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -338,7 +219,12 @@ def manifests(root: str | Path, season: str | None = None) -> list[dict[str, Any
     return out
 
 
-def current_scores(
+#: The manifest key of the night's labels digest when it was scored.
+LABELS_KEY = "labels_fingerprint"
+NOT_SCORED = "not scored"
+
+
+def scores_status(
     root: str | Path,
     season: str,
     night: int,
@@ -347,25 +233,50 @@ def current_scores(
     model_sha256: str,
     threshold: float,
     n_stamps: int | None = None,
-) -> dict[str, Any] | None:
-    """The night's manifest when its published scores are for this stored data (``night_fp``),
-    model and threshold (and ``n_stamps`` stamps, when given); else None.
+    precision: str = "float32",
+    labels_fp: str | None = None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Whether a night's published scores are current, and if not, why.
 
-    The one test of "these scores are done" that scoring (to skip a night) and planning use.
+    Current means: for this stored data (``night_fp``), model, threshold and ``precision`` (and
+    ``n_stamps`` stamps, and the labels ``labels_fp``, when given). A manifest without a
+    precision was scored before there was a choice: float32.
+
+    Returns
+    -------
+    (dict or None, str or None)
+        The manifest and None; or None and the reason: ``not scored``, ``new model``, ``new
+        threshold``, ``new precision``, ``its stored data changed``, ``its labels changed``.
     """
     m = read_manifest(root, season, night)
     if not m:
-        return None
+        return None, NOT_SCORED
     published_fp = next((m[k] for k in _FINGERPRINT_KEYS if m.get(k)), None)
     try:
-        ok = (
-            m.get("model_sha256") == model_sha256
-            and published_fp == night_fp
-            and float(m.get("threshold")) == float(threshold)
-        )
+        same_threshold = float(m.get("threshold")) == float(threshold)
     except (TypeError, ValueError):
-        return None
-    return m if ok and (n_stamps is None or m.get("n_stamps") == n_stamps) else None
+        same_threshold = False
+    checks = (
+        (m.get("model_sha256") == model_sha256, "new model"),
+        (same_threshold, "new threshold"),
+        (m.get("precision", "float32") == precision, "new precision"),
+        (
+            published_fp == night_fp and (n_stamps is None or m.get("n_stamps") == n_stamps),
+            "its stored data changed",
+        ),
+        (labels_fp is None or m.get(LABELS_KEY) == labels_fp, LABELS_CHANGED),
+    )
+    for ok, reason in checks:
+        if not ok:
+            return None, reason
+    return m, None
+
+
+def current_scores(root: str | Path, season: str, night: int, **what: Any) -> dict[str, Any] | None:
+    """The night's manifest when its published scores are current (:func:`scores_status`:
+    the one test of "these scores are done" that scoring, to skip a night, and planning use);
+    else None."""
+    return scores_status(root, season, night, **what)[0]
 
 
 def surveys_of(root: str | Path) -> set[str]:
@@ -385,6 +296,7 @@ def newest_model(root: str | Path, season: str | None = None) -> dict[str, Any] 
         "name": m.get("model_name"),
         "version": m.get("model_version"),
         "sha256": m.get("model_sha256"),
+        "survey": m.get("model_survey"),
         "training_data": m.get("training_data") or {},
     }
 
@@ -417,5 +329,6 @@ def manifest_for(
         "model_sha256": model["sha256"],
         "model_name": model["name"],
         "model_version": model["version"],
+        "model_survey": model.get("survey"),
         "training_data": model.get("training_data") or {},
     }

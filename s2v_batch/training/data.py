@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,9 @@ class LabelledNights:
         Night datasets of one stamp shape.
     unit_stamps : int
         Stamps a unit, rounded to whole Zarr chunks.
+    relabel : mapping, optional
+        Night path -> {stamp_id: label}: these labels (people's verdicts) replace the stored
+        ones of those stamps; the other stamps keep theirs.
 
     Raises
     ------
@@ -155,7 +158,12 @@ class LabelledNights:
         For an unreadable night, stamps of another shape, or labels other than 1, 0, -1.
     """
 
-    def __init__(self, night_paths: Sequence[Path], unit_stamps: int = 512) -> None:
+    def __init__(
+        self,
+        night_paths: Sequence[Path],
+        unit_stamps: int = 512,
+        relabel: Mapping[Path, Mapping[int, int]] | None = None,
+    ) -> None:
         import zarr
 
         self.nights: list[_Night] = []
@@ -179,6 +187,12 @@ class LabelledNights:
                 )
             if len(stamp_id) != stamps.shape[0] or len(label) != stamps.shape[0]:
                 raise TrainingError(f"{path}: stamp_id/label lengths differ from the stamps")
+            given = relabel.get(Path(path)) if relabel is not None else None
+            if given:  # people's verdicts replace the stored labels of the stamps they decided
+                pos = {int(s): i for i, s in enumerate(stamp_id)}
+                for sid, lab in given.items():
+                    if sid in pos:
+                        label[pos[sid]] = lab
             bad = ~np.isin(label, (LABEL_REAL, LABEL_ARTIFACT, LABEL_UNKNOWN))
             if bad.any():
                 raise TrainingError(

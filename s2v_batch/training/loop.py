@@ -43,6 +43,7 @@ from s2v_batch.training.data import (
     split_of,
     splitmix64,
 )
+from s2v_batch.training.verdicts import verdict_labels
 
 # The split helpers are re-exported: they were public here before trainingdata.py owned them.
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "split_of",
     "splitmix64",
     "train",
+    "validation_threshold",
 ]
 
 
@@ -72,6 +74,22 @@ def _score_split(
     if not scores:
         return np.zeros(0, np.float32), np.zeros(0, np.int8), np.zeros(0, "<U7")
     return np.concatenate(scores), np.concatenate(labels), np.concatenate(kinds)
+
+
+def validation_threshold(
+    source: LabelledNights, model: keras.Model, target_recall: float, precision: str = "float32"
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """The threshold keeping ``target_recall`` of the validation reals when ``model`` computes
+    at ``precision``, with the validation scores, labels and stored dtype names it came from.
+
+    The card's ``threshold`` is float32's; its ``thresholds["bfloat16"]`` is this at bfloat16,
+    on the same stamps for the same recall (the bfloat16 scores shift near the threshold).
+    """
+    predictor = Predictor.from_model(model, batch_size=256, precision=precision)
+    scores, labels, kinds = _score_split(source, VALIDATION, predictor)
+    ok = np.isfinite(scores)
+    threshold = metrics.threshold_for_recall(scores[ok], labels[ok], float(target_recall))
+    return float(threshold), scores, labels, kinds
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +195,7 @@ def train(
     training_data: Mapping[str, Any] | None,
     command: str | None = None,
     progress: bool = True,
+    verdicts: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a model on labelled night datasets, choose its threshold, write the artifact.
 
@@ -200,6 +219,10 @@ def train(
         The command line that ran this, recorded in the card.
     progress : bool
         Show Keras' progress bar and stage messages on stderr.
+    verdicts : str or path, optional
+        A verdict database (:mod:`s2v_batch.store.verdicts`): the consensus of people's verdicts
+        replaces the stored labels of the stamps it decides (the others keep theirs), and the
+        card's ``training_data`` says how many human verdicts the labels rest on.
 
     Returns
     -------
@@ -231,7 +254,10 @@ def train(
             f"the nights are of several surveys ({', '.join(surveys)}): a model is trained on "
             "one survey's stamps (select with --season)"
         )
-    source = LabelledNights(paths)
+    relabel, human = None, None
+    if verdicts is not None:
+        paths, relabel, human = verdict_labels(verdicts, paths)
+    source = LabelledNights(paths, relabel=relabel)
     n_split = [source.count(s) for s in (TRAIN, VALIDATION, TEST)]
     n_lab = sum(n_split)
     if n_lab == 0:
@@ -278,10 +304,11 @@ def train(
     best_epoch = int(np.nanargmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
 
     say("scoring the validation and test splits")
-    predictor = Predictor.from_model(model, batch_size=256)
-    vs, vl, vk = _score_split(source, VALIDATION, predictor)
+    threshold, vs, vl, vk = validation_threshold(source, model, config.target_recall)
     ok = np.isfinite(vs)
-    threshold = metrics.threshold_for_recall(vs[ok], vl[ok], float(config.target_recall))
+    # bfloat16 scores move by up to ~0.03 (docs/MODEL.md): its own threshold, same recall.
+    bf16_threshold = validation_threshold(source, model, config.target_recall, "bfloat16")[0]
+    predictor = Predictor.from_model(model, batch_size=256)
     validation_metrics = _split_metrics(vs, vl, vk, threshold)
     ts, tl, tk = _score_split(source, TEST, predictor)
     test_metrics = _split_metrics(ts, tl, tk, threshold)
@@ -301,11 +328,18 @@ def train(
         "learning_rate": float(config.learning_rate),
         "augmentation": "random 90-degree rotations and flips",
     }
+    if human is not None:
+        data["human_verdicts"] = human
+        data["description"] = (
+            f"{data['description']}; {human['n_labels']} stamps labelled by the consensus of "
+            f"{human['n_verdicts']} human verdicts ({human['database']})"
+        )
     card = ModelCard(
         name=config.name,
         version=config.version,
         architecture=config.arch,
         threshold=float(threshold),
+        thresholds={"bfloat16": bf16_threshold},
         target_recall=float(config.target_recall),
         input_shape=source.input_shape,
         validation_metrics=validation_metrics,
@@ -327,8 +361,7 @@ def train(
         n_test=int(np.isfinite(ts).sum()),
         seconds=time.perf_counter() - t0,
     )
-    say(result.line())
-    return result
+    return result  # the command prints its line: once
 
 
 def _survey_of_night(path: Path) -> str:
