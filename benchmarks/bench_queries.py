@@ -1,8 +1,8 @@
 """The queries users run on the Parquet scores, before and after nights were published as one file.
 
 Synthetic score tables, written with the sink's own code: per night, parts of ``--part-rows``
-rows through :func:`s2v_batch.store.scores.write_part` (the layout before: one file per scoring task,
-published as they were), then the same nights merged with :func:`s2v_batch.store.scores.merge_parts` into
+rows through :func:`s2v_batch.store.publish.write_part` (the layout before: one file per scoring task,
+published as they were), then the same nights merged with :func:`s2v_batch.store.publish.merge_parts` into
 one file each, for each sort order and row-group size compared. Scores follow a two-humped
 distribution like a classifier's (most artifacts near 0, reals near 1); stamp IDs are unique in
 a season and increase with the night, as ingest assigns them. The queries, each the best of

@@ -467,7 +467,7 @@ def test_a_resumed_score_publishes_the_parts_it_reused(
     out = tmp_path / "scores"
     kw = dict(model_path=models[0], config=CFG, season="Y1", progress=False)
     with monkeypatch.context() as m:
-        m.setattr(sink, "publish_night", _stop)
+        m.setattr(publish, "publish_night", _stop)
         with pytest.raises(_Stopped):
             score(stored, out, client, **kw)
     assert len(_staged_parts(out)) == N_PARTS

@@ -274,7 +274,9 @@ def test_backfill_runs_on_slurm_jobs_and_equals_a_local_run(slurm, nights, tmp_p
     finally:
         out = _finish(proc, deadline)
     print(f"\nsqueue while `s2v backfill --cluster {SPEC.name}` ran:\n{listing}")
-    assert "backfill: 2 night(s) run, 0 skipped (complete), 0 failed" in out, out[-3000:]
+    assert "backfill: 2 night(s) run (not stored: 2), 0 skipped (complete), 0 failed" in out, out[
+        -3000:
+    ]
     # The Dask workers were SLURM jobs: squeue listed them running (the spec keeps two, one core
     # each), and each wrote its job log.
     assert most >= min(2, _node_cpus()) and "dask-worker" in listing, listing
@@ -325,7 +327,9 @@ def test_scancel_of_a_worker_job_mid_run_loses_and_duplicates_nothing(slurm, nig
     print(f"\nscancel {victim} with {at_kill} of {total} units and parts done; squeue before:")
     print(listing)
     print(f"and after (a replacement job, where one came before the run ended):\n{after}")
-    assert "backfill: 2 night(s) run, 0 skipped (complete), 0 failed" in out, out[-3000:]
+    assert "backfill: 2 night(s) run (not stored: 2), 0 skipped (complete), 0 failed" in out, out[
+        -3000:
+    ]
     # The job was really cancelled while it ran (slurmstepd says so in the job's log).
     log = (tmp_path / "slurm-logs" / f"dask-worker-{victim}.err").read_text()
     assert f"JOB {victim} ON" in log and "CANCELLED" in log, log[-2000:]

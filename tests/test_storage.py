@@ -189,8 +189,12 @@ def _part(ids: np.ndarray, scores: np.ndarray) -> pa.Table:
                 n,
             ),
             "error": pa.array([None if v else "bad" for v in valid], pa.string()),
+            "precision": pa.repeat(pa.scalar("float32"), n),
+            "data_provenance": pa.repeat(pa.scalar("simulated"), n),
+            "masked_fraction": pa.array(np.zeros(n, np.float32)),
+            "masked_over_limit": pa.nulls(n, pa.bool_()),
         }
-    )
+    ).select(sink.SCORE_SCHEMA.names)  # the columns in the schema's order
 
 
 @settings(max_examples=25, deadline=None)

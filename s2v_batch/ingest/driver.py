@@ -321,7 +321,17 @@ def _ingest_nights(
 
     # Phase 2: assemble each pending night, shards in parallel across nights.
     pending = [
-        plan_night(k, staged[k], first_seen[k[0]], lab, fps[k], store_root, cfg, disc.provenance(k))
+        plan_night(
+            k,
+            staged[k],
+            first_seen[k[0]],
+            lab,
+            fps[k],
+            store_root,
+            cfg,
+            disc.provenance(k),
+            raw_fp=disc.raw_fingerprints[k],
+        )  # fmt: skip
         for k in todo
     ]
     shard_futs = [

@@ -2,7 +2,7 @@
 
 A task (:func:`s2v_batch.scoring.worker.score_shard`) scores ``part_stamps`` stamps of a night and
 writes one Parquet part with a deterministic name into the night's staging folder; when all its
-parts exist the night is published (:func:`s2v_batch.store.scores.publish_night`: merged into one sorted
+parts exist the night is published (:func:`s2v_batch.store.publish.publish_night`: merged into one sorted
 file, swapped in atomically), so a re-run after a killed worker or process redoes only the
 missing parts. Each worker loads the model once from its file path (never pickled through the
 scheduler); :class:`~s2v_batch.scoring.worker.WarmUp` has every worker import TensorFlow, load the
