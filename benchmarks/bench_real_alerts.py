@@ -35,7 +35,8 @@ from s2v_batch.formats.alertpackets import alert_stamp
 from s2v_batch.formats.decode import StampError
 from s2v_batch.metrics.agreement import Agreement
 from s2v_batch.metrics.classification import roc_auc
-from s2v_batch.model.artifact import load_card, shipped_model_for
+from s2v_batch.model.artifact import load_card
+from s2v_batch.model.shipped import shipped_model_for
 
 
 def read_alerts(folders: list[Path]) -> tuple[dict[int, dict], Counter]:

@@ -18,7 +18,7 @@ from s2v_batch.core.config import IngestConfig, ScoreConfig
 from s2v_batch.core.nights import night_of_mjd
 from s2v_batch.core.surveys import get_survey
 from s2v_batch.ingest.driver import ingest
-from s2v_batch.model.artifact import default_model_path
+from s2v_batch.model.shipped import default_model_path
 from s2v_batch.scoring.driver import ScoringError, score
 from s2v_batch.sim.alerts import avro_container, simulate_alerts, write_archive, ztf_record
 from s2v_batch.sim.simulator import simulate, simulate_stamps

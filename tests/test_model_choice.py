@@ -14,14 +14,8 @@ import pytest
 from s2v_batch.core.config import IngestConfig, ScoreConfig
 from s2v_batch.ingest.driver import ingest
 from s2v_batch.ingest.rawtree import Discovery
-from s2v_batch.model.artifact import (
-    ModelArtifactError,
-    ModelCard,
-    default_model_path,
-    load_card,
-    shipped_model_for,
-    shipped_models_dir,
-)
+from s2v_batch.model.artifact import ModelArtifactError, ModelCard, load_card
+from s2v_batch.model.shipped import default_model_path, shipped_model_for, shipped_models_dir
 from s2v_batch.pipeline.inputs import InputError, resolve_inputs
 from s2v_batch.pipeline.steps import NightPlan, Plan, for_plan
 from s2v_batch.scoring.driver import score
@@ -52,7 +46,7 @@ def test_shipped_models_are_chosen_by_survey_and_stamp_size():
 
 def test_the_choice_reads_cards_only():
     code = (
-        "import sys; from s2v_batch.model.artifact import shipped_model_for as f; "
+        "import sys; from s2v_batch.model.shipped import shipped_model_for as f; "
         "print(f('ztf', 63).name, f('des', 51).name, 'keras' in sys.modules, "
         "'tensorflow' in sys.modules)"
     )

@@ -15,7 +15,7 @@ from report_rows import load_report_json
 
 from s2v_batch.core.config import IngestConfig, ScoreConfig
 from s2v_batch.ingest.driver import ingest
-from s2v_batch.model.artifact import default_model_path
+from s2v_batch.model.shipped import default_model_path
 from s2v_batch.report import write_reports
 from s2v_batch.scoring.driver import score
 from s2v_batch.sim.alerts import simulate_alerts

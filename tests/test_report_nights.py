@@ -1,4 +1,4 @@
-"""The night-by-night flags (robust range of the candidate fraction) and store.read_stamps."""
+"""The night-by-night flags (robust range of the candidate fraction) and store.pixels.read_stamps."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from report_rows import check_night_rows, load_report_json, make_night, write_pa
 from s2v_batch.report import write_reports
 from s2v_batch.report.nights import MIN_NIGHTS, flag_nights
 from s2v_batch.store import dataset as zstore
+from s2v_batch.store.pixels import read_stamps
 
 
 def rows(counts: list[tuple[int, int]]) -> list[dict]:
@@ -136,11 +137,11 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 @given(idx=st.lists(st.integers(0, 299), max_size=50))
 def test_read_stamps_returns_the_stamps_asked_for(night, idx: list[int]) -> None:
     path, pixels = night
-    got = zstore.read_stamps(path, idx)
+    got = read_stamps(path, idx)
     assert got.shape == (len(idx), 6, 6, 3) and got.dtype == np.float32
     np.testing.assert_array_equal(got, pixels[idx])
 
 
 def test_read_stamps_refuses_an_index_outside_the_night(night) -> None:
     with pytest.raises(zstore.StoreError, match="outside 0..299"):
-        zstore.read_stamps(night[0], [0, 300])
+        read_stamps(night[0], [0, 300])

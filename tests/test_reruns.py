@@ -17,7 +17,7 @@ import zarr
 from s2v_batch.core.config import IngestConfig
 from s2v_batch.ingest.driver import dry_run as ingest_dry_run
 from s2v_batch.ingest.driver import ingest
-from s2v_batch.model.artifact import shipped_model_for
+from s2v_batch.model.shipped import shipped_model_for
 from s2v_batch.pipeline import steps as pipeline
 from s2v_batch.report import write_reports
 from s2v_batch.sim.alerts import simulate_alerts

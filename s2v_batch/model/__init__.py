@@ -11,6 +11,7 @@ One concern a module:
 - :mod:`.layers`: ``StampNormalization`` and ``NonFiniteGuard`` (registered serializables);
 - :mod:`.architectures`: ``space2vec``, ``vgg6``, ``build_model``, ``count_flops``;
 - :mod:`.artifact`: ``ModelCard``, ``save_artifact``, ``load_card``, ``load_artifact`` ...;
+- :mod:`.shipped`: the models shipped with the package, ``shipped_model_for``, ``default_model_path``;
 - :mod:`.inference`: ``Predictor``;
 - :mod:`.rewrites`: ``fold_batchnorm``, ``fuse_normalization`` (the predictor's graph rewrites);
 - :mod:`.precision`: ``resolve_precision``, ``native_bfloat16`` (float32 or bfloat16, and which
@@ -39,13 +40,13 @@ _OWNERS: dict[str, str] = {
     "SCORE_CONVENTION": "artifact",
     "ModelArtifactError": "artifact",
     "ModelCard": "artifact",
-    "default_model_path": "artifact",
+    "default_model_path": "shipped",
     "file_sha256": "artifact",
     "load_artifact": "artifact",
     "load_card": "artifact",
     "save_artifact": "artifact",
-    "shipped_model_for": "artifact",
-    "shipped_models_dir": "artifact",
+    "shipped_model_for": "shipped",
+    "shipped_models_dir": "shipped",
     "ModelInputError": "inference",
     "Predictor": "inference",
     "fold_batchnorm": "rewrites",

@@ -22,10 +22,11 @@ import numpy as np
 
 from s2v_batch.core.conventions import CHANNELS
 from s2v_batch.model.architectures import FLOAT32_LAYERS
-from s2v_batch.model.artifact import ModelCard, default_model_path, load_artifact
+from s2v_batch.model.artifact import ModelCard, load_artifact
 from s2v_batch.model.backend import keras
 from s2v_batch.model.precision import COMPUTED, with_precision
 from s2v_batch.model.rewrites import fold_batchnorm, fuse_normalization
+from s2v_batch.model.shipped import default_model_path
 
 __all__ = ["ModelInputError", "Predictor", "fold_batchnorm", "fuse_normalization"]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from s2v_batch.core.config import PipelineConfig
-from s2v_batch.model.artifact import ModelCard, default_model_path, load_card, shipped_model_for
+from s2v_batch.model.artifact import ModelCard, load_card
 from s2v_batch.model.precision import resolve_precision
+from s2v_batch.model.shipped import default_model_path, shipped_model_for
 
 #: The autoscan labels CSV looked for at the top of the raw root (DESIGN.md section 4).
 LABELS_CSV = "autoscan_features.3.csv"
@@ -38,7 +39,7 @@ class RunInputs:
     def for_survey(self, survey: str) -> RunInputs:
         """These inputs with the model that scores ``survey``'s stamps: the named model, else
         the shipped one whose card matches the survey and its configured stamp size
-        (:func:`~s2v_batch.model.artifact.shipped_model_for`, as ``s2v score`` picks)."""
+        (:func:`~s2v_batch.model.shipped.shipped_model_for`, as ``s2v score`` picks)."""
         size = self.config.ingest.size_for(survey)
         # A card that already fits is the shipped choice (it came from it): no cards re-read
         # for every night of a run.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from s2v_batch.core.conventions import STAMP_SIZE, survey_of_season
-from s2v_batch.model.artifact import shipped_model_for
+from s2v_batch.model.shipped import shipped_model_for
 from s2v_batch.store import dataset as zstore
 from s2v_batch.store import scores as sink
 

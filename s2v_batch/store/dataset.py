@@ -323,42 +323,6 @@ def write_labels(path: str | Path, labels: np.ndarray, **attrs: Any) -> None:
         zarr.consolidate_metadata(path)
 
 
-def read_stamps(path: str | Path, indices: np.ndarray | list[int]) -> np.ndarray:
-    """Pixels of the stamps at ``indices`` (positions along ``stamp``), in the order given.
-
-    Reads one inner chunk's worth of the selection at a time: memory stays at the result plus
-    one decoded chunk, wherever the stamps lie in the night.
-
-    Parameters
-    ----------
-    path : path
-        A night dataset.
-    indices : array of int
-        Positions along the ``stamp`` dimension (repeats allowed).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(len(indices), size, size, 3)``, the stored dtype.
-
-    Raises
-    ------
-    StoreError
-        An index outside the night.
-    """
-    arr = stamps_array(path)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size and (idx.min() < 0 or idx.max() >= arr.shape[0]):
-        raise StoreError(f"{path}: stamp index outside 0..{arr.shape[0] - 1}")
-    wanted = np.unique(idx)
-    out = np.empty((wanted.size, *arr.shape[1:]), dtype=arr.dtype)
-    chunk = arr.chunks[0]
-    groups = np.flatnonzero(np.diff(wanted // chunk)) + 1
-    for sel in np.split(np.arange(wanted.size), groups) if wanted.size else []:
-        out[sel] = arr.oindex[wanted[sel], :, :, :]
-    return out[np.searchsorted(wanted, idx)]
-
-
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The dataset attributes of a night (``{}`` when there are none or they are damaged; a fault
     of the environment, such as permission denied or an I/O error, is raised)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from s2v_batch.store import dataset as zstore
 
-__all__ = ["read_pixels"]
+__all__ = ["read_pixels", "read_stamps"]
 
 
 def read_pixels(
@@ -58,7 +58,43 @@ def read_pixels(
                 f"{int((~found).sum())} stamp(s) of night {night} not in the store "
                 f"(e.g. stamp_id {int(want[~found][0])})"
             )
-        block = zstore.read_stamps(path, order[pos[found]])
+        block = read_stamps(path, order[pos[found]])
         for j, i in enumerate(np.array(members)[found]):
             pixels[i] = block[j]
     return pixels, notes
+
+
+def read_stamps(path: str | Path, indices: np.ndarray | list[int]) -> np.ndarray:
+    """Pixels of the stamps at ``indices`` (positions along ``stamp``), in the order given.
+
+    Reads one inner chunk's worth of the selection at a time: memory stays at the result plus
+    one decoded chunk, wherever the stamps lie in the night.
+
+    Parameters
+    ----------
+    path : path
+        A night dataset.
+    indices : array of int
+        Positions along the ``stamp`` dimension (repeats allowed).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(indices), size, size, 3)``, the stored dtype.
+
+    Raises
+    ------
+    StoreError
+        An index outside the night.
+    """
+    arr = zstore.stamps_array(path)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= arr.shape[0]):
+        raise zstore.StoreError(f"{path}: stamp index outside 0..{arr.shape[0] - 1}")
+    wanted = np.unique(idx)
+    out = np.empty((wanted.size, *arr.shape[1:]), dtype=arr.dtype)
+    chunk = arr.chunks[0]
+    groups = np.flatnonzero(np.diff(wanted // chunk)) + 1
+    for sel in np.split(np.arange(wanted.size), groups) if wanted.size else []:
+        out[sel] = arr.oindex[wanted[sel], :, :, :]
+    return out[np.searchsorted(wanted, idx)]
