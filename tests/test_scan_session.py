@@ -100,6 +100,10 @@ def test_report_measures_the_fdr_and_the_seconds_that_were_drawn(session) -> Non
     assert sc["agreement"]["n_stamps_multi"] == len(d[d["verdict"] != "skip"]["stamp_id"].unique())
     ts = sc["time_saved"]
     assert ts["seconds_per_stamp"] == sc["seconds"]["median"] and "measured" in sc["seconds_source"]
+    # The report's own time figures use the measured seconds in place of the assumed 0.5 s.
+    assert session["rep"]["seconds_per_stamp"] == sc["seconds"]["median"]
+    assert session["rep"]["hours_saved"] == pytest.approx(ts["hours_saved"])
+    assert session["rep"]["seconds_basis"].startswith("measured")
     # The night reports have their own section; the page says it.
     nights = sorted(session["drawn"]["night"].unique())
     per_night = [json.loads((session["out"] / "Y1" / "nights" / str(n) / "report.json").read_text())
@@ -118,6 +122,8 @@ def test_without_verdicts_the_report_says_the_figures_are_assumed(session, tmp_p
     sc = json.loads((tmp_path / "Y1" / "report.json").read_text())["scanning"]
     assert not sc["measured"] and "assumes 0.5 s a stamp" in sc["note"]
     assert "assumes 0.5 s a stamp" in (tmp_path / "Y1" / "report.html").read_text()
+    rep = json.loads((tmp_path / "Y1" / "report.json").read_text())
+    assert rep["seconds_per_stamp"] == 0.5 and rep["seconds_basis"].startswith("assumed")
 
 
 def test_labels_export_and_training_on_the_verdicts(session, tmp_path) -> None:

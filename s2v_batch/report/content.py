@@ -261,6 +261,33 @@ def figures(
     return rep
 
 
+def use_measured_seconds(rep: dict[str, Any], tally: Tally) -> None:
+    """The report's time figures with the seconds people's verdicts measured, where they exist.
+
+    The assumed seconds a stamp (``seconds_per_stamp``, 0.5 by default) stand in only where no
+    scanner judged these stamps; where the report's ``scanning`` section measured the median
+    seconds a candidate, the hours to scan, saved and wasted are computed with it instead, and
+    ``seconds_basis`` says which it was.
+    """
+    sc = rep.get("scanning") or {}
+    median = (sc.get("seconds") or {}).get("median") if sc.get("measured") else None
+    if not median or not median > 0:
+        rep["seconds_basis"] = (
+            f"assumed: {rep['seconds_per_stamp']:g} s a stamp (no scanners' verdicts on these "
+            "stamps)"
+        )
+        return
+    conf = tally.confusion
+    fp = conf.fp if rep["labelled"] else None
+    rep.update(
+        clean(time_saved(tally.n_scored, tally.n_candidates, float(median), n_false_positives=fp))
+    )
+    rep["seconds_basis"] = (
+        f"measured: the median seconds a candidate of {sc['seconds']['n']:,} scanners' verdicts "
+        "(s2v scan)"
+    )
+
+
 def _target_recall(card: Mapping[str, Any] | None) -> float:
     """The card's target recall when it holds a usable one, else 0.99 (DESIGN.md section 3)."""
     try:

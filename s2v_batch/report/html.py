@@ -146,8 +146,9 @@ def report_html(rep: Mapping[str, Any]) -> bytes:
     if "galleries" in rep:
         parts.append(_galleries(rep["galleries"], season_page=rep["kind"] == "season"))
     parts.append(
-        f"<h2>Scanning time</h2><p>At {rep['seconds_per_stamp']:g} s a stamp for a human, "
-        f"on the {rep['n_scored']:,} scored stamps.</p>"
+        f"<h2>Scanning time</h2><p>At {rep['seconds_per_stamp']:g} s a stamp for a human "
+        f"({_e(rep.get('seconds_basis') or 'assumed')}), on the {rep['n_scored']:,} scored "
+        "stamps.</p>"
     )
     parts.append(
         _table(

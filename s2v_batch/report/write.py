@@ -135,6 +135,7 @@ def _write_one(
     rep["scanning"] = content.clean(
         scanning_mod.section(verdicts, season=season, nights=nights, rep=rep)
     )
+    content.use_measured_seconds(rep, tally)  # the time figures: measured where people scanned
     what = f"season {season}" if kind == "season" else f"season {season}, night {nights[0]}"
     sim = content.title_note(rep)
     pngs = {
