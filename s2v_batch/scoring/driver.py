@@ -163,8 +163,9 @@ def score(
         The Zarr store written by ingest.
     scores_root : path
         Root of the hive-partitioned Parquet scores.
-    client : distributed.Client
-        The Dask client that runs the work.
+    client : distributed.Client or None
+        The Dask client that runs the work; used only for nights that need work (None is
+        enough when every night is complete: the nightly flow starts no cluster for one).
     model_path : path, optional
         Model artifact (``.keras`` or card ``.json``); by default the shipped model whose card
         matches the nights' survey and stamp size (:func:`scorechecks.model_for_nights`).
@@ -228,12 +229,7 @@ def score(
     ]
     # Workers import TensorFlow, load the model and trace it while the nights are planned.
     dtypes = sorted({_stamps_dtype(r.path) for r in refs[:16]} - {None})
-    # A name of this call's own: runs sharing a cluster (a backfill's nights) each remove
-    # only the plugin they registered (a shared name was removed twice: an ERROR in the log).
-    plugin_name = f"{WarmUp.name}-{uuid.uuid4().hex[:12]}"
-    client.register_plugin(
-        WarmUp(str(keras_path), cfg.batch_size, cfg.precision, dtypes), name=plugin_name
-    )
+    warm = _WarmUpOnce(client, WarmUp(str(keras_path), cfg.batch_size, cfg.precision, dtypes))
     try:
         # One writer per night: staging and publishing are not shared.
         with exclusive_all(locks, wait=cfg.lock_wait, log=log):
@@ -249,17 +245,39 @@ def score(
                 progress,
                 log,
                 t0,
+                warm,
             )
     finally:
-        with contextlib.suppress(Exception):  # a worker plugin left behind only warms up
-            client.unregister_worker_plugin(plugin_name)
+        warm.remove()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
+class _WarmUpOnce:
+    """The workers' warm-up (:class:`WarmUp`), registered at the first night that needs scoring:
+    a run that skips every night starts no TensorFlow on its workers (a worker busy importing it
+    while a short-lived cluster closes missed its heartbeat: an ERROR in a finished run's log).
+    Each run registers it under a name of its own and removes only that one (runs sharing a
+    cluster, a backfill's nights, once removed each other's)."""
+
+    def __init__(self, client: Any, plugin: WarmUp) -> None:
+        self.client, self.plugin, self.name = client, plugin, None
+
+    def __call__(self) -> None:
+        if self.name is None:
+            self.name = f"{WarmUp.name}-{uuid.uuid4().hex[:12]}"
+            self.client.register_plugin(self.plugin, name=self.name)
+
+    def remove(self) -> None:
+        if self.name is not None:
+            with contextlib.suppress(Exception):  # a plugin left behind only warms up
+                self.client.unregister_worker_plugin(self.name)
+
+
 def _score_nights(
-    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log, t0
-) -> ScoreSummary:
+    refs, scores_root, client, card, keras_path, threshold, cfg, skip_complete, progress, log, t0,
+    warm,
+) -> ScoreSummary:  # fmt: skip
     """The body of :func:`score`, run with the nights' writer locks held."""
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -304,6 +322,7 @@ def _score_nights(
                 )
             )
             continue
+        warm()  # a night to score: the workers start loading the model now
         # Parts staged with other labels are not resumed: the rows carry the labels.
         nkey = f"{key}-{labels_fp[:12]}"
         publish.discard_staging(scores_root, ref.season, ref.night, keep=nkey)
