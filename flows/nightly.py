@@ -13,7 +13,6 @@ unless ``fail_if_no_data``. ``python -m s2v_flows.nightly --help`` serves it on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Sequence
@@ -180,8 +179,7 @@ def nightly_flow(
     (n,) = plan.nights
     inputs = pipeline.for_plan(inputs, plan)  # the survey's shipped model unless one is named
     logger.info(pipeline.describe(inputs, n))
-    # A complete night needs no cluster: the steps only confirm it (and start no workers).
-    with open_client(cluster) if not n.complete else contextlib.nullcontext() as client:
+    with open_client(cluster) as client:
         ing = ingest_night(inputs, client, plan, n, progress)
         sc = score_night(inputs, client, n, progress)
     rep = report_season(inputs, n.season) if write_report else None

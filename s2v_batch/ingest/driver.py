@@ -145,9 +145,8 @@ def ingest(
         Root of the raw stamps, with ``<season>/<YYYYMMDD>`` folders somewhere in each path.
     store_root : path
         The Zarr store root (created if needed).
-    client : distributed.Client or None
-        The Dask client that runs the work; used only for nights that need work (None is
-        enough when every night is complete: the nightly flow starts no cluster for one).
+    client : distributed.Client
+        The Dask client that runs the work.
     labels : path or Labels, optional
         The autoscan CSV (``OBJECT_TYPE`` 0 real / 1 artifact), converted to labels 1 / 0.
     config : IngestConfig, optional

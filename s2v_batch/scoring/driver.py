@@ -163,9 +163,8 @@ def score(
         The Zarr store written by ingest.
     scores_root : path
         Root of the hive-partitioned Parquet scores.
-    client : distributed.Client or None
-        The Dask client that runs the work; used only for nights that need work (None is
-        enough when every night is complete: the nightly flow starts no cluster for one).
+    client : distributed.Client
+        The Dask client that runs the work.
     model_path : path, optional
         Model artifact (``.keras`` or card ``.json``); by default the shipped model whose card
         matches the nights' survey and stamp size (:func:`scorechecks.model_for_nights`).
