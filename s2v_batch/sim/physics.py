@@ -11,7 +11,8 @@ expressed in the search image's PSF (what the subtraction removes: for a perfect
 static scene in the search PSF); K: the PSF-matching kernel (a Gaussian taking the sharper seeing
 to the other). Static sources (host galaxies, field stars) are in S_s, S_t and M alike and vanish
 from diff; a real transient is in S_s only; each artifact kind breaks the subtraction its own way
-(:mod:`s2v_batch.sim.artifacts`). The noise, resampled and PSF-matched as surveys do, is
+(residuals of stars: :mod:`s2v_batch.sim.residuals`; defects: :mod:`s2v_batch.sim.artifacts`;
+galaxy-core residuals here). The noise, resampled and PSF-matched as surveys do, is
 :mod:`s2v_batch.sim.noise`'s. Galaxies are Sersic profiles convolved with a Moffat PSF by FFT on a
 padded grid; point sources are analytic Moffat profiles.
 
@@ -29,24 +30,34 @@ import numpy as np
 import pandas as pd
 
 from s2v_batch.sim import artifacts as art
+from s2v_batch.sim import residuals as res
 from s2v_batch.sim.features import measure
 from s2v_batch.sim.noise import Grids, col, rfft2
 from s2v_batch.sim.scene import Scene, psf_ft
 from s2v_batch.sim.survey import SurveyProfile
 
-#: Artifact kinds and their shares among artifacts: subtraction residuals (dipoles, bad
-#: subtractions) and noise dominate, as in the autoscan training set; defects are rarer.
+#: Artifact kinds, and their shares of a night's artifacts (docs/SIMULATOR.md: what each is and
+#: where its share comes from). Subtraction residuals of stars and galaxy cores come first (56%):
+#: they dominate what scanners reject; detector defects, optics and noise share the rest.
 ARTIFACT_KINDS: tuple[str, ...] = (
-    "dipole",
-    "bright_star",
+    "dipole",  # a star or galaxy core misregistered: a +/- pair
+    "psf_mismatch",  # a star's PSF matched too broad or too narrow: core and ring of two signs
+    "double_star",  # two close stars misregistered together: two dipoles
+    "bad_subtraction",  # a galaxy nucleus under a wrong kernel and flux scale
+    "bright_star",  # a saturated star bleeding along columns
     "cosmic_ray",
+    "hot_pixel",  # one pixel or a 2x2 group, search image only
     "bad_column",
-    "noise_spike",
-    "bad_subtraction",
+    "ccd_edge",  # a glow beside a masked CCD edge
+    "satellite_trail",  # a PSF-wide line across the whole search image
+    "ghost",  # a diffuse disc or donut in the search image
+    "noise_spike",  # a fluctuation past the threshold (some on column-structured noise)
 )
-ARTIFACT_WEIGHTS = np.array([0.24, 0.11, 0.14, 0.09, 0.20, 0.22])
+ARTIFACT_WEIGHTS = np.array(
+    [0.20, 0.16, 0.06, 0.14, 0.06, 0.09, 0.03, 0.05, 0.03, 0.02, 0.02, 0.14]
+)
 KINDS: tuple[str, ...] = ("real", *ARTIFACT_KINDS)
-#: Fraction of stamps partly masked by a CCD edge.
+#: Fraction of the other stamps partly masked by a CCD edge (the edge is not their detection).
 MASKED_FRACTION = 0.03
 #: True PSF-fit S/N of the faintest real detection (the detection threshold).
 DETECTION_SNR = 5.0
@@ -212,12 +223,19 @@ def _render_block(n: int, rng, size: int, real_fraction: float, p: SurveyProfile
         mag_true[ri] = sc.zp[ri] - 2.5 * np.log10(flux)
 
     # ------------------------------------------------------------------ artifacts
-    art.star_dipoles(
+    res.star_dipoles(
         sc, rng, np.flatnonzero(k["dipole"] & ~has_gal), d_x0, d_y0, d_dx, d_dy, det_snr
     )
+    res.psf_mismatch_stars(sc, rng, np.flatnonzero(k["psf_mismatch"]), det_snr)
+    res.double_stars(sc, rng, np.flatnonzero(k["double_star"]), det_snr)
     art.bright_stars(sc, rng, np.flatnonzero(k["bright_star"]))
     art.cosmic_rays(sc, rng, np.flatnonzero(k["cosmic_ray"]))
+    art.hot_pixels(sc, rng, np.flatnonzero(k["hot_pixel"]))
     art.bad_columns(sc, rng, np.flatnonzero(k["bad_column"]))
+    edge_idx = np.flatnonzero(k["ccd_edge"])
+    edge_mask = art.ccd_edges(sc, rng, edge_idx)
+    art.satellite_trails(sc, rng, np.flatnonzero(k["satellite_trail"]))
+    art.ghosts(sc, rng, np.flatnonzero(k["ghost"]), det_snr)
     art.noise_spikes(sc, rng, np.flatnonzero(k["noise_spike"]))
 
     # ------------------------------------------------------------------ images
@@ -233,7 +251,8 @@ def _render_block(n: int, rng, size: int, real_fraction: float, p: SurveyProfile
 
     # ------------------------------------------------------------------ CCD-edge masks
     masked = np.zeros((n, S, S), bool)
-    mi = np.flatnonzero(rng.random(n) < MASKED_FRACTION)
+    masked[edge_idx] = edge_mask  # the CCD-edge artifacts: the edge is their detection
+    mi = np.flatnonzero((rng.random(n) < MASKED_FRACTION) & ~k["ccd_edge"])
     if mi.size:
         width = col(rng.integers(2, max(3, 21 * S // 51), mi.size))  # DES: 2-20 px
         side = rng.integers(0, 4, mi.size)[:, None, None]
@@ -244,7 +263,7 @@ def _render_block(n: int, rng, size: int, real_fraction: float, p: SurveyProfile
             | ((side == 2) & (xx < width))
             | ((side == 3) & (xx >= S - width))
         )
-        out[masked] = np.nan
+    out[masked] = np.nan
 
     feats = measure(out, masked, sc.psf_d, sc.cond, sc.sig_d, gr.c, p)
     feats["SIM_KIND"] = kinds
