@@ -313,6 +313,10 @@ def test_shipped_card_records_a_valid_train_call(card_path: Path) -> None:
                           target_recall=a.target_recall, seed=a.seed, name=a.name,
                           version=a.version)  # fmt: skip
         description, simulated = a.data_description, a.simulated
+        # --augment (issue 26) names the set the card describes; older commands mean flips.
+        from s2v_batch.training.augment import augmentation_text
+
+        assert td["augmentation"] == augmentation_text(a.augment)
     else:
         code = command.split('python -c "', 1)[1].rsplit('"', 1)[0]
         calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]

@@ -265,6 +265,44 @@ def build_parser() -> argparse.ArgumentParser:
         "for stamps already in the store: their consensus replaces the stored labels of the "
         "stamps it decides (the others keep theirs; unlabelled nights hold -1)",
     )
+    s.add_argument(
+        "--augment",
+        choices=("flips", "survey", "none"),
+        default="flips",
+        help="augmentation set: flips (random 90-degree rotations and flips, the default), "
+        "survey (also PSF blur, noise texture, background offsets and gradients, masked CCD "
+        "edges: docs/MODEL.md), none",
+    )
+    s.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from this model artifact's weights (.keras or .json; same architecture and "
+        "stamp size), e.g. to fine-tune a shipped model",
+    )
+    s.add_argument(
+        "--choose-on",
+        nargs="+",
+        default=[],
+        metavar="NPZ",
+        help="realset(s) of labelled real stamps (.npz): keep the epoch with the best ROC AUC "
+        "on their stamps pooled (ties: lower validation loss) instead of the lowest validation "
+        "loss",
+    )
+    s.add_argument(
+        "--real-train",
+        nargs="+",
+        default=[],
+        metavar="NPZ",
+        help="realset(s) whose training groups (group hash < 0.8) are mixed into every batch; "
+        "the held-out groups are left for the check",
+    )
+    s.add_argument(
+        "--real-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="sample weight of the --real-train stamps (simulated stamps weigh 1; default 1)",
+    )
 
     s = sub.add_parser("score", help="score stored stamps into hive-partitioned Parquet")
     s.add_argument("store", help="Zarr store root")

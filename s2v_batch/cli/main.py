@@ -158,6 +158,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         seed=a.seed,
         name=a.name,
         version=a.version,
+        augment=a.augment,
+        real_weight=a.real_weight,
     )
     stores = [r.path for s in a.store for r in list_nights(s, a.season)]
     if not stores:
@@ -168,7 +170,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     command = shlex.join(["s2v", *sys.argv[1:]]) if sys.argv[0].endswith("s2v") else None
     data = {"description": a.data_description, "simulated": a.simulated}
     r = train(stores, a.out, cfg, training_data=data, command=command, progress=not a.no_progress,
-              verdicts=a.verdicts)  # fmt: skip
+              verdicts=a.verdicts, init=a.init, choose_on=a.choose_on,
+              real_train=a.real_train)  # fmt: skip
     print(f"train: {r.line()}")
     return 0
 

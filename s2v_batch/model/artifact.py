@@ -101,6 +101,10 @@ class ModelCard:
     #: the model was validated on; stamps above it are still scored and their score rows say so
     #: (``masked_over_limit``). None: the card states no limit.
     max_masked_fraction: float | None = None
+    #: The model on public real stamps (``benchmarks/realdata/check.py --write-card``): date,
+    #: command, the ``sha256`` of the model it measured, figures per source. Empty on a card
+    #: not yet checked; informative only (nothing reads it to score).
+    real_data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -189,6 +193,8 @@ class ModelCard:
         if not (0.0 <= kw["threshold"] <= 1.0) or math.isnan(kw["threshold"]):
             raise ModelArtifactError(f"model card threshold {kw['threshold']} is not in [0, 1]")
         kw["thresholds"] = _precision_thresholds(kw.get("thresholds", {}))
+        if not isinstance(kw.get("real_data", {}), dict):
+            raise ModelArtifactError("model card real_data must be a JSON object")
         return cls(**kw)
 
     @classmethod

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from s2v_batch.core.config import ConfigError, check_positive
 from s2v_batch.model.artifact import ModelArtifactError, check_name
+from s2v_batch.training.augment import AUGMENTATIONS
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,10 @@ class TrainConfig:
     target_recall: recall on the validation reals that the threshold keeps (0.99 as published).
     seed: seeds weights, order, augmentation and dropout. name, version: of the artifact (its
     file names). shuffle_window: stamps shuffled together (about 31 kB a 51x51 stamp, two
-    windows held). The ``repr`` is valid Python, so a card can record the call that made it.
+    windows held). augment: the augmentation set (``flips`` as published, ``survey`` adding PSF,
+    noise-texture, background and masked-edge changes, ``none``; :mod:`s2v_batch.training.augment`).
+    real_weight: sample weight of the real stamps ``train(real_train=...)`` mixes into each batch
+    (the simulated stamps weigh 1). The ``repr`` is valid Python, so a card can record the call that made it.
     """
 
     arch: str = "space2vec"
@@ -33,6 +37,8 @@ class TrainConfig:
     name: str = "space2vec"
     version: str = "1"
     shuffle_window: int = 2048
+    augment: str = "flips"
+    real_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
@@ -47,6 +53,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(
+                f"augment must be one of {sorted(AUGMENTATIONS)}, got {self.augment!r}"
+            )
+        if (
+            not isinstance(self.real_weight, int | float)
+            or isinstance(self.real_weight, bool)
+            or not 0.0 < self.real_weight < math.inf
+        ):
+            raise ConfigError(f"real_weight must be a number > 0, got {self.real_weight!r}")
         if not 0.0 < self.learning_rate < math.inf:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 < self.target_recall <= 1.0:

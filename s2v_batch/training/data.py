@@ -3,13 +3,15 @@
 The stores are never loaded whole: stamps are read a unit (a few hundred stamps, whole Zarr
 chunks) at a time (:class:`LabelledNights`). Training order per epoch (:class:`TrainBatches`):
 the units in a random order, grouped into windows of about ``shuffle_window`` stamps, each window
-shuffled (a shuffle buffer across chunks and nights), then random 90-degree rotations and flips
-(:func:`augment`). Every batch is a pure function of ``(seed, epoch, batch index)``, so Keras may
+shuffled (a shuffle buffer across chunks and nights), then the augmentation set chosen
+(:mod:`s2v_batch.training.augment`: by default random 90-degree rotations and flips), with labelled
+real stamps mixed into every batch where given (:class:`RealMix`). Every batch is a pure function of ``(seed, epoch, batch index)``, so Keras may
 peek at batches or ask for them again without changing the run.
 
 Splits are fixed by a hash of ``stamp_id`` (:func:`split_of`: splitmix64 -> [0, 1): 80 % train,
 10 % validation, 10 % test), so a stamp never moves between splits across runs, stores or formats
 (the gif and the fits copy of a stamp land in the same split). Unlabelled stamps (-1) are skipped.
+The split functions live in :mod:`s2v_batch.training.splits` (numpy only) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ import numpy as np
 
 from s2v_batch.core.conventions import CHANNELS, LABEL_ARTIFACT, LABEL_REAL, LABEL_UNKNOWN
 from s2v_batch.model.backend import keras
+from s2v_batch.training.augment import apply_augmentation, augment
+from s2v_batch.training.splits import (
+    SPLIT_FRACTIONS,
+    SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    VALIDATION,
+    TrainingError,
+    split_of,
+    splitmix64,
+)
 
 __all__ = [
     "SPLIT_FRACTIONS",
@@ -35,6 +48,7 @@ __all__ = [
     "VALIDATION",
     "EvalBatches",
     "LabelledNights",
+    "RealMix",
     "TrainBatches",
     "TrainingError",
     "augment",
@@ -42,88 +56,6 @@ __all__ = [
     "split_of",
     "splitmix64",
 ]
-
-#: Split codes: 0 train, 1 validation, 2 test (-1: not used, e.g. unlabelled).
-SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
-#: Fractions of the hash interval [0, 1) given to train, validation and test.
-SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
-TRAIN, VALIDATION, TEST = 0, 1, 2
-
-
-class TrainingError(ValueError):
-    """Training cannot start or cannot finish meaningfully (the message says why)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Splits and augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def splitmix64(values: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser of int64 values, as uint64 (a fast, well-mixed 64-bit hash).
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Integers (e.g. ``stamp_id``).
-
-    Returns
-    -------
-    numpy.ndarray
-        uint64 hashes, same shape.
-    """
-    z = np.asarray(values).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def split_of(stamp_id: np.ndarray) -> np.ndarray:
-    """The split of each stamp (0 train, 1 validation, 2 test), fixed by its ``stamp_id``.
-
-    ``u = splitmix64(stamp_id) / 2**64`` (top 53 bits); train when ``u < 0.8``, validation when
-    ``u < 0.9``, test otherwise.
-
-    Parameters
-    ----------
-    stamp_id : numpy.ndarray
-        int64 stamp IDs.
-
-    Returns
-    -------
-    numpy.ndarray
-        int8 split codes.
-    """
-    u = (splitmix64(stamp_id) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    cuts = np.cumsum(SPLIT_FRACTIONS)[:-1]
-    return np.searchsorted(cuts, u, side="right").astype(np.int8)
-
-
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random 90-degree rotations and flips, one of the 8 symmetries of the square per stamp.
-
-    A stamp's class does not depend on its orientation on the sky, and all three channels turn
-    together.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        ``(n, h, w, c)`` stamps (square).
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    numpy.ndarray
-        A new array of the same shape and dtype.
-    """
-    code = rng.integers(0, 8, size=x.shape[0])
-    out = np.empty_like(x)
-    for c in np.unique(code):
-        sel = code == c
-        y = np.rot90(x[sel], k=int(c) % 4, axes=(1, 2))
-        out[sel] = y[:, :, ::-1] if c >= 4 else y
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # The labelled stamps of many nights, read a unit at a time
@@ -254,19 +186,49 @@ def _finite_float32(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, ok.astype(np.float32)
 
 
-class TrainBatches(keras.utils.PyDataset):
-    """Shuffled, augmented training batches; batch ``i`` of epoch ``e`` is fixed by the seed."""
+@dataclasses.dataclass
+class RealMix:
+    """Labelled real stamps mixed into every training batch (``--real-train``).
 
-    def __init__(self, source: LabelledNights, batch_size: int, seed: int, window: int) -> None:
+    ``x`` float32 (non-finite stamps zeroed), ``y`` float32 labels, ``weight`` the sample weight
+    of each (``--real-weight``; 0 for a non-finite stamp), ``quantised`` True for 8-bit stamps,
+    ``per_batch`` how many go into each batch: epoch ``e`` walks a permutation of them seeded by
+    ``(seed, e)``, ``per_batch`` at a time, starting over when it runs out.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    quantised: np.ndarray
+    per_batch: int
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Shuffled, augmented training batches; batch ``i`` of epoch ``e`` is fixed by the seed.
+
+    ``augmentation``: a set of :mod:`s2v_batch.training.augment` (``none``, ``flips``,
+    ``survey``). ``real``: real stamps appended to every batch (:class:`RealMix`).
+    """
+
+    def __init__(
+        self,
+        source: LabelledNights,
+        batch_size: int,
+        seed: int,
+        window: int,
+        augmentation: str = "flips",
+        real: RealMix | None = None,
+    ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         self.source, self.batch_size, self.seed, self.window = source, batch_size, seed, window
+        self.augmentation, self.real = augmentation, real
         self.units = [u for u in range(len(source.units)) if source.indices(u, TRAIN).size]
         self.n = source.count(TRAIN)
         # Whole batches only (the remainder differs every epoch), so every step has one shape.
         self.n_batches = max(1, self.n // batch_size)
         self.epoch = 0
         self._plan_epoch = -1
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict()
 
     def __len__(self) -> int:
         return self.n_batches
@@ -294,19 +256,21 @@ class TrainBatches(keras.utils.PyDataset):
         self._cache.clear()
         self._plan_epoch = self.epoch
 
-    def _window(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _window(self, w: int) -> tuple[np.ndarray, ...]:
         hit = self._cache.get(w)
         if hit is not None:
             return hit
-        xs, ys = [], []
+        xs, ys, qs = [], [], []
         for u in self._windows[w]:
             idx = self.source.indices(u, TRAIN)
             xs.append(self.source.read(u)[idx].astype(np.float32))
             ys.append(self.source.labels(u, idx))
+            qs.append(np.full(idx.size, self.source.dtype_of(u) == np.uint8))
         x, weight = _finite_float32(np.concatenate(xs))
         y = np.concatenate(ys).astype(np.float32)
+        q = np.concatenate(qs)
         perm = np.random.default_rng([self.seed, self.epoch, w, 7]).permutation(len(y))
-        hit = (x[perm], y[perm], weight[perm])
+        hit = (x[perm], y[perm], weight[perm], q[perm])
         self._cache[w] = hit
         while len(self._cache) > 2:  # a batch straddles at most two windows
             self._cache.popitem(last=False)
@@ -319,17 +283,26 @@ class TrainBatches(keras.utils.PyDataset):
         parts = []
         w = int(np.searchsorted(self._starts, a, side="right")) - 1
         while a < b:
-            x, y, wt = self._window(w)
+            win = self._window(w)
             lo = a - self._starts[w]
             hi = min(b, self._starts[w + 1]) - self._starts[w]
-            parts.append((x[lo:hi], y[lo:hi], wt[lo:hi]))
+            parts.append(tuple(v[lo:hi] for v in win))
             a = self._starts[w] + hi
             w += 1
-        x = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        wt = np.concatenate([p[2] for p in parts])
-        x = augment(x, np.random.default_rng([self.seed, self.epoch, i, 11]))
+        if self.real is not None:
+            parts.append(self._real_part(i))
+        x, y, wt, q = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        rng = np.random.default_rng([self.seed, self.epoch, i, 11])
+        x = apply_augmentation(self.augmentation, x, rng, q)
         return x, y, wt
+
+    def _real_part(self, i: int) -> tuple[np.ndarray, ...]:
+        """The real stamps of batch ``i`` (:class:`RealMix`)."""
+        r = self.real
+        assert r is not None
+        perm = np.random.default_rng([self.seed, self.epoch, 13]).permutation(len(r.y))
+        take = perm[(i * r.per_batch + np.arange(r.per_batch)) % len(r.y)]
+        return r.x[take], r.y[take], r.weight[take], r.quantised[take]
 
 
 class EvalBatches(keras.utils.PyDataset):

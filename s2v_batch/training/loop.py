@@ -5,7 +5,9 @@ splits by ``stamp_id`` hash, augmentation, batches), fits the model with early s
 validation loss (best weights restored), chooses the threshold that keeps ``target_recall`` of
 the validation reals (:func:`metrics.threshold_for_recall`), scores the test split at it, and
 writes the model with its card (:func:`s2v_batch.model.save_artifact`). Every knob is a field of
-:class:`s2v_batch.training.config.TrainConfig`.
+:class:`s2v_batch.training.config.TrainConfig`. Against the simulator
+(:mod:`s2v_batch.training.choice`): a warm start from an artifact (``init``), real stamps in the
+batches (``real_train``) and the epoch chosen on real stamps (``choose_on``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from s2v_batch.model.architectures import ARCHITECTURES, build_model
 from s2v_batch.model.artifact import ModelCard, save_artifact
 from s2v_batch.model.backend import keras
 from s2v_batch.model.inference import Predictor
+from s2v_batch.training.augment import augmentation_text
+from s2v_batch.training.choice import RealChoice, prepare_real, warm_start
 from s2v_batch.training.config import TrainConfig
 from s2v_batch.training.data import (
     SPLIT_FRACTIONS,
@@ -196,6 +200,9 @@ def train(
     command: str | None = None,
     progress: bool = True,
     verdicts: str | os.PathLike[str] | None = None,
+    init: str | os.PathLike[str] | None = None,
+    choose_on: Sequence[str | os.PathLike[str]] = (),
+    real_train: Sequence[str | os.PathLike[str]] = (),
 ) -> TrainResult:
     """Train a model on labelled night datasets, choose its threshold, write the artifact.
 
@@ -223,6 +230,16 @@ def train(
         A verdict database (:mod:`s2v_batch.store.verdicts`): the consensus of people's verdicts
         replaces the stored labels of the stamps it decides (the others keep theirs), and the
         card's ``training_data`` says how many human verdicts the labels rest on.
+    init : str or path, optional
+        A model artifact (``.keras`` or ``.json``, checked) whose weights training starts from
+        (same architecture and input shape); the card's ``training_data.init`` names it.
+    choose_on : sequence of path
+        Realsets (:mod:`s2v_batch.training.realsets`): the weights kept are those of the epoch
+        best on them (:data:`s2v_batch.training.choice.CHOICE_CRITERION`), not of the lowest
+        validation loss; the card's ``training_data.model_choice`` has the per-epoch figures.
+    real_train : sequence of path
+        Realsets whose training groups are mixed into every batch at ``config.real_weight``
+        (:func:`s2v_batch.training.choice.prepare_real`); the held-out groups never are.
 
     Returns
     -------
@@ -231,8 +248,9 @@ def train(
     Raises
     ------
     TrainingError
-        Unknown architecture, unreadable stores, no labelled stamps, or a training or
-        validation split without both classes. (Bad values of ``config`` are refused when it
+        Unknown architecture, unreadable stores, no labelled stamps, a training or
+        validation split without both classes, or an ``init`` artifact or realset that does
+        not fit. (Bad values of ``config`` are refused when it
         is built: :class:`~s2v_batch.core.config.ConfigError`.)
     """
     t0 = time.perf_counter()
@@ -276,32 +294,49 @@ def train(
         f"validation, {n_split[2]} test (split by stamp_id hash)"
     )
 
+    mix, choice_sets, real_facts = prepare_real(
+        real_train, choose_on, input_shape=source.input_shape, survey=surveys[0],
+        weight=config.real_weight, batch_size=config.batch_size,
+    )  # fmt: skip
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.arch, source.input_shape)
+    init_facts = None
+    if init is not None:
+        init_facts = warm_start(model, init, config.arch, source.input_shape)
+        say(f"weights from {init} ({init_facts['name']}-{init_facts['version']})")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=float(config.learning_rate)),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.AUC(name="auc")],
         jit_compile=False,  # XLA was slower on the CPU
     )
-    train_ds = TrainBatches(source, config.batch_size, config.seed, config.shuffle_window)
+    train_ds = TrainBatches(source, config.batch_size, config.seed, config.shuffle_window,
+                            augmentation=config.augment, real=mix)  # fmt: skip
     val_ds = EvalBatches(source, VALIDATION, max(config.batch_size, 256))
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.patience, restore_best_weights=True, min_delta=1e-4
     )
+    chooser = RealChoice(choice_sets) if choice_sets else None
     n_params = model.count_params()
     say(f"training {config.arch} ({n_params:,} parameters), up to {config.epochs} epochs")
     fit = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        callbacks=[stop],
+        callbacks=[stop] + ([chooser] if chooser else []),
         shuffle=False,  # the dataset shuffles itself; Keras' index shuffle would defeat the cache
         verbose=(1 if sys.stderr.isatty() else 2) if progress else 0,
     )
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     val_losses = history.get("val_loss", [])
     best_epoch = int(np.nanargmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
+    if chooser is not None and chooser.best_weights is not None:
+        model.set_weights(chooser.best_weights)  # the epoch best on the real stamps
+        best_epoch = chooser.best_epoch
+        real_facts["model_choice"]["chosen_epoch"] = best_epoch
+        real_facts["model_choice"]["per_epoch"] = chooser.rows
+        real_facts["model_choice"]["before_training"] = chooser.initial
+        say(f"kept epoch {best_epoch}, the best on the --choose-on realsets")
 
     say("scoring the validation and test splits")
     threshold, vs, vl, vk = validation_threshold(source, model, config.target_recall)
@@ -326,8 +361,11 @@ def train(
         "epochs_run": len(history.get("loss", [])),
         "batch_size": config.batch_size,
         "learning_rate": float(config.learning_rate),
-        "augmentation": "random 90-degree rotations and flips",
+        "augmentation": augmentation_text(config.augment),
+        **real_facts,
     }
+    if init_facts is not None:
+        data["init"] = init_facts
     if human is not None:
         data["human_verdicts"] = human
         data["description"] = (
