@@ -401,7 +401,7 @@ def test_predictor_from_model(sim_stamps, vgg6_loaded) -> None:
 
 def test_shipped_model_card_and_size() -> None:
     path = M.default_model_path()
-    assert path.name == "space2vec-demo-1.keras"
+    assert path.name == "space2vec-demo-2.keras"
     assert path.stat().st_size < 10 * 2**20
     card = M.load_card(path)
     assert card.architecture == "space2vec"

@@ -31,7 +31,7 @@ SCORE = ScoreConfig(part_stamps=32, batch_size=32)
 def test_shipped_models_are_chosen_by_survey_and_stamp_size():
     assert shipped_model_for("des", 51) == default_model_path()
     ztf = shipped_model_for("ztf", 63)
-    assert ztf.name == "space2vec-ztf-demo-1.keras"
+    assert ztf.name == "space2vec-ztf-demo-2.keras"
     card = load_card(ztf)
     assert card.survey == "ztf" and tuple(card.input_shape) == (63, 63, 3)
     assert card.training_data["simulated"] is True
@@ -51,7 +51,7 @@ def test_the_choice_reads_cards_only():
         "'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["space2vec-ztf-demo-1.keras", "space2vec-demo-1.keras",
+    assert out.stdout.split() == ["space2vec-ztf-demo-2.keras", "space2vec-demo-2.keras",
                                   "False", "False"]  # fmt: skip
 
 
@@ -111,11 +111,11 @@ def _model_of(scores: Path, season: str, night: int) -> str:
 
 def test_score_picks_the_model_of_the_stores_survey(client, mixed_store, tmp_path):
     score(mixed_store, tmp_path / "des", client, season="Y1", config=SCORE, progress=False)
-    assert _model_of(tmp_path / "des", "Y1", 20130901) == "space2vec-demo-1"
+    assert _model_of(tmp_path / "des", "Y1", 20130901) == "space2vec-demo-2"
     r = score(mixed_store, tmp_path / "ztf", client, season="ZTF2024", config=SCORE,
               progress=False)  # fmt: skip
     assert r.n_stamps == 40 and r.n_errors == 0
-    assert _model_of(tmp_path / "ztf", "ZTF2024", 20240101) == "space2vec-ztf-demo-1"
+    assert _model_of(tmp_path / "ztf", "ZTF2024", 20240101) == "space2vec-ztf-demo-2"
     # A named model wins: the DES model is refused for 63x63 stamps rather than swapped.
     with pytest.raises(ValueError, match="takes 51x51 stamps; ZTF2024/20240101 holds 63x63"):
         score(mixed_store, tmp_path / "ztf", client, model_path=default_model_path(),

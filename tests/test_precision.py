@@ -234,7 +234,7 @@ def test_threshold_recomputed_from_the_stores_without_retraining(night, tmp_path
     from s2v_batch.training.data import VALIDATION, LabelledNights, resolve_nights
     from s2v_batch.training.loop import validation_threshold
 
-    model, _ = load_artifact(shipped_models_dir() / "space2vec-demo-1.keras")
+    model, _ = load_artifact(shipped_models_dir() / "space2vec-demo-2.keras")
     nights = LabelledNights(resolve_nights([night]))
     f32, *_ = validation_threshold(nights, model, 0.99)
     card = _card(name="old", threshold=f32, sha256="", architecture="space2vec",

@@ -43,7 +43,7 @@ __all__ = [
 
 DEFAULT_INPUT_SHAPE: tuple[int, int, int] = (STAMP_SIZE, STAMP_SIZE, len(CHANNELS))
 DEFAULT_MODEL_NAME = "space2vec-demo"
-DEFAULT_MODEL_VERSION = "1"
+DEFAULT_MODEL_VERSION = "2"
 LABEL_CONVENTION = "1 = real, 0 = artifact"
 SCORE_CONVENTION = "probability of real; candidate when score >= threshold"
 

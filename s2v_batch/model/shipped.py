@@ -26,7 +26,7 @@ def shipped_models_dir() -> Path:
 
 
 def default_model_path() -> Path:
-    """Path of the demo model shipped with the package (``space2vec-demo-1.keras``).
+    """Path of the demo model shipped with the package (``space2vec-demo-2.keras``).
 
     Raises
     ------
