@@ -34,7 +34,7 @@ _DES = re.compile(
     r"\b(?P<season>Y\d|SV) (?P<nights>\d+)x(?P<n>\d+) (?P<fmt>gif|fits|tar) seed (?P<seed>\d+)"
 )
 _ALERTS = re.compile(
-    r"(?P<nights>\d+) nights x (?P<n>\d+) alerts, (?P<fmt>\w+) format, seed (?P<seed>\d+)"
+    r"(?P<nights>\d+) nights x (?P<n>\d+)(?: alerts)?, (?P<fmt>\w+)(?: format)?, seed (?P<seed>\d+)"
 )
 _FRACTION = re.compile(r"real fraction (?P<f>[0-9.]+)")
 _STORE = re.compile(r"(?P<season>[A-Za-z0-9_.-]+)/(?P<night>\d{8})\.zarr$")
