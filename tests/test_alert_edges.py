@@ -118,7 +118,10 @@ def edge_model(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_edge_cutouts_are_stored_scored_and_flagged(dask_client, tmp_path, edge_model):
-    pixels = simulate_stamps(6, np.random.default_rng(3), size=63).pixels
+    pixels = simulate_stamps(40, np.random.default_rng(3), size=63).pixels
+    # Stamps with no masked pixel of their own (the simulator masks some: CCD edges), so the
+    # masked fractions below are the padding's alone.
+    pixels = pixels[np.isfinite(pixels).all(axis=(1, 2, 3))][:6]
     recs = [ztf_record(100 + i, f"ZTF24a{i}", JD0, pixels[i], rb=0.5, drb=0.5) for i in range(3)]
     recs += [_edge_record(200 + i, pixels[3 + i], *e) for i, e in enumerate(EDGES)]
     members = [(f"{r['candid']}.avro", avro_container([r], "ztf")) for r in recs]
@@ -166,3 +169,40 @@ def test_edge_cutouts_are_stored_scored_and_flagged(dask_client, tmp_path, edge_
                    config=IngestConfig(unit_stamps=16, shard_stamps=64, chunk_stamps=32,
                                        edge_cutouts="quarantine"))  # fmt: skip
     assert again.nights[0].status == "skipped"
+
+
+def test_the_simulator_makes_edge_cutouts_that_ingest_pads(tmp_path):
+    import fastavro
+
+    from s2v_batch.sim.alerts import simulate_alerts
+
+    def packets(out: Path, edge_fraction: float) -> dict[int, dict]:
+        sim = simulate_alerts(out, survey="ztf", nights=1, alerts_per_night=60, fmt="avro",
+                              seed=3, edge_fraction=edge_fraction)  # fmt: skip
+        recs = {}
+        for f in sim.files:
+            with open(f, "rb") as fh:
+                recs.update((r["candid"], r) for r in fastavro.reader(fh))
+        return recs
+
+    plain, edged = packets(tmp_path / "plain", 0.0), packets(tmp_path / "edged", 0.25)
+    assert plain.keys() == edged.keys()
+    n_edge = 0
+    for sid, rec in edged.items():
+        _, stamp, frac, _ = alert_stamp(rec, ZTF, 63, "pad")
+        c = rec["candidate"]
+        if c["xpos"] is None:  # not at an edge: the same packet as without edge cut-outs
+            assert rec == plain[sid]
+            continue
+        n_edge += 1
+        sci = alert_stamp(plain[sid], ZTF, 63, "pad")[1]
+        # The cut-out is smaller than 63x63 on one axis, and padded back on the edge's side:
+        # the candidate's pixels (the centre) are where they are in the whole stamp.
+        with pytest.raises(StampError, match="edge cut-out"):
+            alert_stamp(rec, ZTF, 63, "quarantine")
+        near_low_y, near_high_y = c["ypos"] < 40, c["ypos"] > NY - 40
+        near_low_x, near_high_x = c["xpos"] < 40, c["xpos"] > NX - 40
+        assert near_low_y + near_high_y + near_low_x + near_high_x == 1
+        assert 6 / 63 - 1e-6 <= frac <= 1.0
+        np.testing.assert_array_equal(stamp[24:39, 24:39], sci[24:39, 24:39])
+    assert 5 <= n_edge <= 30, n_edge

@@ -101,6 +101,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         ids = np.arange(len(b), dtype=np.int64) + 20_000_000 + 10_000 * k
         label = b.labels.astype(np.int8)
         label[::13] = -1  # some stamps without a label
+        # Masked fractions up to 0.25 on labelled stamps; 0.9 on an unlabelled one (index 0).
+        frac = np.linspace(0.0, 0.25, len(b), dtype=np.float32)
+        frac[0] = 0.9
         write_night(
             root / "Y1" / f"{night}.zarr",
             px,
@@ -110,6 +113,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             night=night,
             shard_stamps=128,
             chunk_stamps=32,
+            masked_fraction=frac,
         )
         out[fmt] = (px, ids, label)
     return out
@@ -229,6 +233,8 @@ def test_train_writes_a_loadable_artifact_with_a_faithful_card(trained, stores) 
     assert set(card.test_metrics["by_stored_dtype"]) == {"gif (uint8)", "fits (float32)"}
     assert 1 <= r.best_epoch <= r.epochs_run <= 2
     assert "threshold" in r.line()
+    # The card states the largest masked fraction among the labelled training stamps.
+    assert card.max_masked_fraction == pytest.approx(0.25)
 
 
 def test_threshold_keeps_the_target_recall_on_validation(trained, stores) -> None:
@@ -277,6 +283,8 @@ def _train(nights: list, out: Path, config: TrainConfig | None = None) -> T.Trai
         ({"arch": ""}, "arch must be an architecture name"),
         ({"name": "../up"}, "model name '../up' must be letters"),
         ({"version": "1 2"}, "model version '1 2' must be letters"),
+        ({"max_masked_fraction": 1.5}, r"max_masked_fraction must be in \[0, 1\]"),
+        ({"max_masked_fraction": "0.2"}, r"max_masked_fraction must be in \[0, 1\]"),
     ],
 )
 def test_train_config_refuses_bad_values(kwargs: dict, message: str) -> None:

@@ -303,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="sample weight of the --real-train stamps (simulated stamps weigh 1; default 1)",
     )
+    s.add_argument(
+        "--max-masked-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="the largest masked fraction the card says the model was validated on (scores of "
+        "stamps above it are flagged); default: the largest among the labelled training stamps",
+    )
 
     s = sub.add_parser("score", help="score stored stamps into hive-partitioned Parquet")
     s.add_argument("store", help="Zarr store root")

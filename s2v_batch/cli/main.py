@@ -107,9 +107,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         _dashboard(a, client)
         s = ingest(a.raw, a.store, client, labels=a.labels, config=cfg.ingest, nights=nights,
                    progress=not a.no_progress)  # fmt: skip
-    for n in s.nights:
-        if n.n_quarantined:
-            print(f"  {n.season}/{n.night}: {n.n_quarantined} quarantined (see {n.quarantine})")
+    for n in s.nights:  # every night's accounting: found = stored + quarantined
+        print(f"  {n.line()}")
     print(s.line())
     return 0
 
@@ -160,6 +159,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         version=a.version,
         augment=a.augment,
         real_weight=a.real_weight,
+        max_masked_fraction=a.max_masked_fraction,
     )
     stores = [r.path for s in a.store for r in list_nights(s, a.season)]
     if not stores:

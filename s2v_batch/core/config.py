@@ -34,7 +34,9 @@ class IngestConfig:
     """How ingest cuts and stores work.
 
     stamp_size: stamp edge in pixels (51 for DES); ztf_stamp_size, rubin_stamp_size: the alert
-    surveys' (see ``size_for``). unit_stamps: loose stamps (or alert files) per decode task.
+    surveys' (see ``size_for``). unit_stamps: loose stamps (or alert files) per decode task,
+    and alerts (archive members) per staged part of a nightly alert archive (a killed ingest
+    resumes after the last whole part).
     shard_stamps: stamps per Zarr shard (one write task each). chunk_stamps: stamps per inner chunk.
     lock_wait: seconds to wait for another writer of the same season. float_encoding: how float
     (FITS) stamps are stored, ``lossless`` or ``bitround-K`` (:mod:`s2v_batch.core.encoding`; uint8

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,11 @@ _ROWS_PER_BLOCK = 4096
 
 
 def read_alert_unit(
-    unit: Unit, size: int, emit: Callable[[np.ndarray], None] | None = None, edge: str = "pad"
+    unit: Unit,
+    size: int,
+    emit: Callable[[np.ndarray], None] | None = None,
+    edge: str = "pad",
+    items: Iterable[Item] | None = None,
 ) -> UnitData:
     """Decode every alert of a unit; quarantine the bad ones with a reason.
 
@@ -79,6 +83,9 @@ def read_alert_unit(
     edge : str
         ``pad`` or ``quarantine`` ZTF cut-outs cut short by a CCD edge
         (``IngestConfig.edge_cutouts``; :func:`s2v_batch.formats.alertpackets.cutout_pixels`).
+    items : iterable of Item, optional
+        The records to read in place of the unit's own (one part of a nightly archive, as
+        :func:`s2v_batch.ingest.staging.stage_unit` stages it).
 
     Returns
     -------
@@ -93,7 +100,7 @@ def read_alert_unit(
     blocks: list[dict[str, np.ndarray]] = []
     quarantine: list[dict] = []
     n_found = 0
-    for where, rec in unit_items(unit):
+    for where, rec in unit_items(unit) if items is None else items:
         if unit.date_from_data:
             if isinstance(rec, AlertReadError) or survey_of_record(rec) != survey.name:
                 continue

@@ -7,6 +7,7 @@ the shards on workers (:func:`s2v_batch.ingest.staging.assemble_shard`), then ve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,60 @@ from s2v_batch.core.config import IngestConfig
 from s2v_batch.core.conventions import survey_of_season
 from s2v_batch.core.surveys import alert_columns, get_survey
 from s2v_batch.ingest.labels import Labels
-from s2v_batch.ingest.staging import plan_shards
+from s2v_batch.ingest.staging import plan_shards, staged_paths
 from s2v_batch.store import dataset as zstore
 from s2v_batch.store import state as nightstate
+
+
+class SeenIds:
+    """The stamp IDs a season has kept so far, and where each was first seen (for a duplicate's
+    quarantine reason): sorted arrays, 16 bytes an ID (a dict of a season's IDs and their paths
+    took ~150; a replayed season holds millions). Blocks of IDs are merged as they come (two
+    blocks of similar sizes become one), so a lookup searches a few sorted arrays."""
+
+    def __init__(self) -> None:
+        self._where: list[Callable[[int], str]] = []
+        #: (sorted IDs, source index, row within the source) per block.
+        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, ids: np.ndarray, where: Callable[[int], str]) -> None:
+        """Add IDs not seen before (distinct); ``where(i)`` says where ``ids[i]`` came from."""
+        if not len(ids):
+            return
+        self._where.append(where)
+        order = np.argsort(ids, kind="stable")
+        src = np.full(len(ids), len(self._where) - 1, np.int32)
+        self._blocks.append((np.asarray(ids, np.int64)[order], src, order.astype(np.int64)))
+        while len(self._blocks) > 1 and 2 * len(self._blocks[-1][0]) >= len(self._blocks[-2][0]):
+            b, a = self._blocks.pop(), self._blocks.pop()
+            merged = [np.concatenate([x, y]) for x, y in zip(a, b, strict=True)]
+            order = np.argsort(merged[0], kind="stable")
+            self._blocks.append((merged[0][order], merged[1][order], merged[2][order]))
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+        """Which of ``ids`` were seen (a boolean mask), and where, by position in ``ids``."""
+        seen = np.zeros(len(ids), bool)
+        where: dict[int, str] = {}
+        for sorted_ids, src, row in self._blocks:
+            pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+            hit = (sorted_ids[pos] == ids) & ~seen
+            for j in np.flatnonzero(hit).tolist():
+                where[j] = self._where[int(src[pos[j]])](int(row[pos[j]]))
+            seen |= hit
+        return seen, where
+
+    def __len__(self) -> int:
+        return sum(len(b[0]) for b in self._blocks)
+
+
+class _PartRows:
+    """``where`` of a staged part's kept rows: the row's source path, read at need."""
+
+    def __init__(self, part: dict[str, Any], rows: np.ndarray):
+        self.part, self.rows = part, rows
+
+    def __call__(self, i: int) -> str:
+        return staged_paths(self.part)[int(self.rows[i])]
 
 
 @dataclass
@@ -42,7 +94,7 @@ class NightAssembly:
 def plan_night(
     key: tuple[str, int],
     units: list[dict[str, Any]],
-    first_seen: dict[int, str],
+    first_seen: SeenIds,
     lab: Labels | None,
     night_fp: str,
     store_root: Path,
@@ -59,9 +111,9 @@ def plan_night(
         The night's season and night.
     units : list of dict
         The night's staged units (``staging.staged_files`` metadata), in unit order.
-    first_seen : dict
-        ``stamp_id -> path`` of the season's stamps kept so far; a stamp ID seen before is
-        quarantined as a duplicate, and the kept ones are added.
+    first_seen : SeenIds
+        The season's stamp IDs kept so far; a stamp ID seen before is quarantined as a
+        duplicate, and the kept ones are added.
     lab : Labels, optional
         The labels to join (None: every label -1).
     night_fp : str
@@ -90,26 +142,32 @@ def plan_night(
         n_found += meta["n_found"]
         for q in meta["quarantine"]:
             quarantine.append({"season": season, "night": night, **q})
-        rows = []
-        for j, (sid, path) in enumerate(zip(meta["stamp_id"].tolist(), meta["paths"], strict=True)):
-            prev = first_seen.get(sid)
-            if prev is not None:
-                reason = f"duplicate stamp_id in season {season} (first seen: {prev})"
+        ids = meta["stamp_id"]
+        dup, prev = first_seen.lookup(ids)
+        # Repeats within the part: the first occurrence is kept.
+        _, first = np.unique(ids, return_index=True)
+        again = np.ones(len(ids), bool)
+        again[first] = False
+        dup |= again
+        if dup.any():
+            paths = staged_paths(meta)
+            for j in np.flatnonzero(dup).tolist():
+                before = prev.get(j)
+                if before is None:  # within this part: its first occurrence
+                    before = paths[int(first[np.searchsorted(ids[first], ids[j])])]
                 quarantine.append(
                     {
-                        "stamp_id": sid,
+                        "stamp_id": int(ids[j]),
                         "season": season,
                         "night": night,
-                        "path": path,
-                        "reason": reason,
+                        "path": paths[j],
+                        "reason": f"duplicate stamp_id in season {season} (first seen: {before})",
                     }
                 )
-                continue
-            first_seen[sid] = path
-            rows.append(j)
-        if rows:
-            rows_a = np.asarray(rows, dtype=np.int64)
-            keep_ids.append(meta["stamp_id"][rows_a])
+        rows_a = np.flatnonzero(~dup)
+        if len(rows_a):
+            first_seen.add(ids[rows_a], _PartRows(meta, rows_a))
+            keep_ids.append(ids[rows_a])
             keep_frac.append(meta["masked_fraction"][rows_a])
             for name, parts in keep_meta.items():
                 parts.append(meta.get("meta", {})[name][rows_a])

@@ -4,7 +4,8 @@ Per night, in two parallel phases:
 
 1. *stage*: one task per unit (a tar archive, or a few thousand loose stamps) decodes and validates
    its stamps and saves them in the night's staging folder (``store.staging_dir``: a ``.npy`` of
-   pixels and a ``.meta.npz`` written last, both through a rename). A re-run reuses staged units.
+   pixels and a ``.meta.npz`` written last, both through a rename). A re-run reuses staged units;
+   a nightly alert archive is staged in parts, and a re-run goes on after its last whole part.
 2. *assemble*: after season-wide duplicate IDs are quarantined and labels joined on the client
    (IDs only: 8 bytes a stamp), one task per output shard copies its stamps from the staged units
    into the night's partial dataset; the finished dataset is verified, then renamed into place.
@@ -28,10 +29,16 @@ from s2v_batch.core.config import IngestConfig
 from s2v_batch.core.conventions import survey_of_season
 from s2v_batch.core.faults import ensure_free_space, human_bytes
 from s2v_batch.core.fsutil import atomic_path, exclusive_all, replace_dir
-from s2v_batch.ingest.assembly import NightAssembly, plan_night, stamp_size
+from s2v_batch.ingest.assembly import NightAssembly, SeenIds, plan_night, stamp_size
 from s2v_batch.ingest.labels import Labels, read_labels
 from s2v_batch.ingest.rawtree import Discovery, discover
-from s2v_batch.ingest.staging import assemble_shard, night_bytes, stage_unit, staged_files
+from s2v_batch.ingest.staging import (
+    assemble_shard,
+    load_part,
+    night_bytes,
+    stage_unit,
+    staged_files,
+)
 from s2v_batch.ingest.status import INGEST, RELABEL, night_need, relabel
 from s2v_batch.store import dataset as zstore
 from s2v_batch.store import state as nightstate
@@ -75,6 +82,14 @@ class NightResult:
     @property
     def key(self) -> tuple[str, int]:
         return self.season, self.night
+
+    def line(self) -> str:
+        """The night's accounting: found = stored + quarantined, and where the quarantine is."""
+        where = f" (see {self.quarantine})" if self.n_quarantined else ""
+        return (
+            f"{self.season}/{self.night}: {self.n_found} found = {self.n_stored} stored + "
+            f"{self.n_quarantined} quarantined; {self.status}{where}"
+        )
 
 
 @dataclass
@@ -295,35 +310,41 @@ def _ingest_nights(
             for u in disc.units[k]:
                 edge = cfg.edge_for(survey_of_season(k[0]))
                 fut = client.submit(
-                    stage_unit, u, str(sdir), stamp_size(cfg, k[0]), edge, pure=False
-                )
+                    stage_unit, u, str(sdir), stamp_size(cfg, k[0]), edge, cfg.unit_stamps,
+                    pure=False,
+                )  # fmt: skip
                 futures[fut] = (k, u.index)
-            staged[k] = [{}] * len(disc.units[k])
+            staged[k] = [[]] * len(disc.units[k])
         bar = tqdm(
             total=len(futures), desc="decode", unit="unit", disable=not progress or not futures
         )
         for fut in as_completed(futures):
             k, i = futures[fut]
-            staged[k][i] = fut.result()
+            staged[k][i] = [load_part(h) for h in fut.result()]
             bar.update(1)
         bar.close()
+        for k in todo:
+            parts = [p for unit in staged[k] for p in unit]
+            reused = sum(p["reused"] for p in parts)
+            if reused and len(parts) > len(staged[k]):
+                log(f"{k[0]}/{k[1]}: {reused} of {len(parts)} staged part(s) reused")
 
     # Season-wide duplicate IDs: the first occurrence (night, unit, member order) wins.
-    first_seen: dict[str, dict[int, str]] = {}
+    first_seen: dict[str, SeenIds] = {}
     for season in sorted({k[0] for k in todo}):
-        ids: dict[int, str] = {}
+        seen = SeenIds()
         for ref in zstore.list_nights(store_root, season):
             if (ref.season, ref.night) in staged or zstore.verify_night(ref.path) is None:
                 continue
-            for sid in zstore.read_stamp_ids(ref.path).tolist():
-                ids.setdefault(sid, f"night {ref.night}")
-        first_seen[season] = ids
+            ids = np.unique(zstore.read_stamp_ids(ref.path))
+            seen.add(ids[~seen.lookup(ids)[0]], _NightLabel(ref.night))
+        first_seen[season] = seen
 
     # Phase 2: assemble each pending night, shards in parallel across nights.
     pending = [
         plan_night(
             k,
-            staged[k],
+            [p for unit in staged[k] for p in unit],
             first_seen[k[0]],
             lab,
             fps[k],
@@ -355,6 +376,16 @@ def _ingest_nights(
         summary.n_csv_rows_without_stamp = lab.n_missing(all_seen)
     summary.nights.sort(key=lambda n: n.key)
     return summary
+
+
+class _NightLabel:
+    """``where`` of the IDs of a stored night (SeenIds)."""
+
+    def __init__(self, night: int):
+        self.text = f"night {night}"
+
+    def __call__(self, i: int) -> str:
+        return self.text
 
 
 def check_space(

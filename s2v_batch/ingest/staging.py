@@ -2,15 +2,18 @@
 
 A unit is decoded once into the night's staging folder (:func:`stage_unit`: pixels as ``.npy``,
 then its metadata as ``.meta.npz``, each through a rename, the metadata last), so an interrupted
-ingest reuses it. The night's shards are then filled from the staged pixels
+ingest reuses it; a nightly alert archive is staged so in parts, and an interrupted ingest goes on
+after its last whole part. The night's shards are then filled from the staged pixels
 (:func:`assemble_shard`) in the order :func:`plan_shards` fixes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,13 +21,14 @@ import numpy as np
 
 from s2v_batch.core.conventions import CHANNELS
 from s2v_batch.core.fsutil import atomic_path, data_bytes
-from s2v_batch.formats.alertio import estimate_records
+from s2v_batch.formats.alertio import Item, estimate_records, iter_archive_members
 from s2v_batch.ingest.alertunits import alert_registry, read_alert_unit
 from s2v_batch.ingest.stamps import read_unit
-from s2v_batch.ingest.units import STAMP_FILE_RE, Unit
+from s2v_batch.ingest.units import STAMP_FILE_RE, Unit, UnitData
 from s2v_batch.store import dataset as zstore
 
 _META = "meta__"
+_EXTRA = "part__"
 
 
 def staged_files(unit: Unit, staging: str | Path) -> tuple[Path, Path]:
@@ -37,16 +41,29 @@ def staged_files(unit: Unit, staging: str | Path) -> tuple[Path, Path]:
     return zstore.staged_unit(staging, f"{unit.name}-{hashlib.sha256(key).hexdigest()[:12]}")
 
 
-def stage_unit(unit: Unit, staging: str, size: int, edge: str | None = None) -> dict[str, Any]:
-    """Decode one unit into the staging folder (or reuse it there); return its IDs and quarantine.
+def stage_unit(
+    unit: Unit, staging: str, size: int, edge: str | None = None, part_alerts: int = 2048
+) -> list[dict[str, Any]]:
+    """Decode one unit into the staging folder (or reuse it there); return its staged parts, in
+    order, as handles for :func:`load_part` (the part's files, and whether it was reused).
 
-    Runs on a worker. The returned dict is small: IDs, source paths and quarantine records.
-    ``edge``: how alert edge cut-outs are handled (``IngestConfig.edge_for``; None: ``pad``).
+    Runs on a worker. The handles are a few paths: the worker keeps nothing of a unit once it
+    is staged (the client reads each part's IDs, fields and quarantine from its metadata file
+    on the shared filesystem). A loose-file unit is one part. A nightly alert archive (up to a
+    million alerts) is staged in parts of ``part_alerts`` members (``IngestConfig.unit_stamps``;
+    a ZTF member is one alert), each written whole as it is read: a killed ingest resumes after
+    its last whole part, passing over the members staged before without decoding them
+    (:func:`s2v_batch.formats.alertio.iter_archive_members`), and the worker holds one part's
+    fields at a time. ``edge``: how alert edge cut-outs are handled (``IngestConfig.edge_for``;
+    None: ``pad``).
     """
     npy, meta_path = staged_files(unit, staging)
+    if unit.survey != "des" and unit.archive:
+        return _stage_archive(unit, Path(staging), size, edge or "pad", part_alerts)
     if meta_path.is_file():
         try:
-            return _load_meta(meta_path, npy)
+            _load_meta(meta_path, npy)  # a whole staged unit: reused
+            return [_handle(meta_path, npy, reused=True)]
         except Exception:
             pass  # a damaged staged unit is simply decoded again
     if unit.survey == "des":
@@ -55,10 +72,15 @@ def stage_unit(unit: Unit, staging: str, size: int, edge: str | None = None) -> 
             save_npy(f, data.pixels)
         dtype = str(data.pixels.dtype)
     else:
-        # A nightly alert archive is one unit of up to a million stamps: written as they come.
+        # Alert files: the stamps are written as they come.
         with atomic_path(npy) as tmp, NpyRows(tmp, (size, size, 3), np.float32) as rows:
             data = read_alert_unit(unit, size, emit=rows.append, edge=edge or "pad")
         dtype = "float32"
+    _save_meta(meta_path, data, dtype)
+    return [_handle(meta_path, npy)]
+
+
+def _save_meta(meta_path: Path, data: UnitData, dtype: str, **extra: Any) -> None:
     meta = {
         "stamp_id": data.stamp_id,
         "masked_fraction": data.masked_fraction,
@@ -68,11 +90,80 @@ def stage_unit(unit: Unit, staging: str, size: int, edge: str | None = None) -> 
         "dtype": np.asarray(dtype),
         # Alert fields kept per stamp (strings as fixed-width unicode: no pickle needed).
         **{_META + k: v for k, v in data.meta.items()},
+        **{_EXTRA + k: np.asarray(v) for k, v in extra.items()},
     }
-    # Written last: its presence says the unit is staged whole.
+    # Written last: its presence says the unit (or part) is staged whole.
     with atomic_path(meta_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **meta)
-    return _load_meta(meta_path, npy)
+
+
+def _part_files(unit: Unit, staging: Path, part_alerts: int, j: int) -> tuple[Path, Path]:
+    """A part's files: named by the unit's files, the part size and the part's number."""
+    stem = staged_files(unit, staging)[0].stem
+    return zstore.staged_unit(staging, f"{stem}-p{part_alerts}-{j:05d}")
+
+
+def _stage_archive(
+    unit: Unit, staging: Path, size: int, edge: str, part_alerts: int
+) -> list[dict[str, Any]]:
+    """Stage a nightly archive in parts (see :func:`stage_unit`); the unit's own metadata file,
+    written after the last part, says how many there are."""
+    done: list[dict[str, Any]] = []
+    members = 0
+    while True:  # the whole parts of an earlier run, in order
+        npy, meta = _part_files(unit, staging, part_alerts, len(done))
+        try:
+            part = _load_meta(meta, npy) if meta.is_file() else None
+        except Exception:
+            part = None  # a damaged part is decoded again, with those after it
+        if part is None:
+            break
+        done.append(_handle(meta, npy, reused=True))
+        members = part["members"]
+        if part["last"]:
+            return done
+    groups = iter_archive_members(unit.archive, alert_registry(tuple(unit.schemas)), members)
+    while True:
+        npy, meta = _part_files(unit, staging, part_alerts, len(done))
+        taken = [0]
+        with atomic_path(npy) as tmp, NpyRows(tmp, (size, size, 3), np.float32) as rows:
+            items = _members(groups, part_alerts, taken)
+            data = read_alert_unit(unit, size, emit=rows.append, edge=edge, items=items)
+        members += taken[0]
+        last = taken[0] < part_alerts
+        _save_meta(meta, data, "float32", members=members, last=last)
+        done.append(_handle(meta, npy))
+        del data  # one part's fields at a time
+        if last:
+            break
+    with atomic_path(staged_files(unit, staging)[1]) as tmp, open(tmp, "wb") as f:
+        np.savez(f, parts=np.asarray(len(done)))
+    return done
+
+
+def _members(groups: Iterator[Iterator[Item]], n: int, taken: list[int]) -> Iterator[Item]:
+    """The items of the next ``n`` member groups (each read whole before the next is taken);
+    ``taken[0]`` counts the groups."""
+    for group in itertools.islice(groups, n):
+        taken[0] += 1
+        yield from group
+
+
+def _handle(meta: Path, npy: Path, reused: bool = False) -> dict[str, Any]:
+    return {"meta_path": str(meta), "npy": str(npy), "reused": reused}
+
+
+def load_part(handle: dict[str, Any]) -> dict[str, Any]:
+    """A staged part's IDs, masked fractions, kept fields, quarantine records and counts (its
+    metadata file, read where the ingest plans the night)."""
+    return _load_meta(Path(handle["meta_path"]), Path(handle["npy"]), handle["reused"])
+
+
+def staged_paths(part: dict[str, Any]) -> list[str]:
+    """The source path of each stamp of a staged part (read from its metadata file: only a
+    duplicate's quarantine record needs them)."""
+    with np.load(part["meta_path"], allow_pickle=False) as z:
+        return z["paths"].tolist()
 
 
 class NpyRows:
@@ -129,19 +220,22 @@ def save_npy(f: BinaryIO, arr: np.ndarray) -> None:
     f.write(arr.reshape(-1).view(np.uint8).data)
 
 
-def _load_meta(path: Path, npy: Path) -> dict[str, Any]:
+def _load_meta(path: Path, npy: Path, reused: bool = False) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         out = {
             "stamp_id": z["stamp_id"],
             "masked_fraction": z["masked_fraction"],
-            "paths": z["paths"].tolist(),
             "quarantine": json.loads(str(z["quarantine"])),
             "n_found": int(z["n_found"]),
             "dtype": str(z["dtype"]),
             "npy": str(npy),
+            "meta_path": str(path),
+            "reused": reused,
             "meta": {k[len(_META) :]: z[k] for k in z.files if k.startswith(_META)},
+            **{k[len(_EXTRA) :]: z[k].item() for k in z.files if k.startswith(_EXTRA)},
         }
-    if any(len(v) != len(out["stamp_id"]) for v in (out["paths"], *out["meta"].values())):
+        n_paths = z["paths"].shape[0]
+    if any(len(v) != len(out["stamp_id"]) for v in (range(n_paths), *out["meta"].values())):
         raise ValueError("inconsistent staged unit")
     return out
 
@@ -151,10 +245,23 @@ def assemble_shard(dest: str, start: int, pieces: list[tuple[str, np.ndarray]]) 
 
     ``pieces`` are ``(npy path, row indices)`` in output order. Runs on a worker.
     """
-    parts = [np.load(npy, mmap_mode="r")[rows] for npy, rows in pieces]
-    pixels = np.concatenate(parts) if parts else np.zeros((0,))
+    if not pieces:
+        zstore.write_stamps(dest, start, np.zeros((0,)))
+        return 0
+    srcs = [np.load(npy, mmap_mode="r") for npy, _ in pieces]
+    n = sum(len(rows) for _, rows in pieces)
+    # Filled in place (a shard of 4096 float32 stamps is 195 MB: no second copy by concatenate).
+    pixels = np.empty((n, *srcs[0].shape[1:]), np.result_type(*(s.dtype for s in srcs)))
+    off = 0
+    for src, (_, rows) in zip(srcs, pieces, strict=True):
+        m = len(rows)
+        if m and rows[-1] - rows[0] == m - 1 and np.all(np.diff(rows) == 1):
+            pixels[off : off + m] = src[rows[0] : rows[0] + m]  # a run of rows: no temporary
+        else:
+            pixels[off : off + m] = src[rows]
+        off += m
     zstore.write_stamps(dest, start, pixels)
-    return len(pixels)
+    return n
 
 
 def plan_shards(

@@ -27,8 +27,8 @@ def nightly_summary(
         steps["report"] = report["status"]
     summary = outcome.as_dict()
     line = (
-        f"nightly {ing.season}/{ing.night}: ingest {ing.status} ({ing.n_stored} stored, "
-        f"{ing.n_quarantined} quarantined), score {sc.status} ({sc.n_stamps} stamps, "
+        f"nightly {ing.season}/{ing.night}: ingest {ing.status} ({ing.n_found} found = "
+        f"{ing.n_stored} stored + {ing.n_quarantined} quarantined), score {sc.status} ({sc.n_stamps} stamps, "
         f"{sc.n_candidates} candidates, {sc.n_errors} errors)"
         + (f", report {report['status']}" if report else "")
         + f"; {seconds:.1f} s"
@@ -97,9 +97,18 @@ def backfill_summary(
     failed = [{"season": g.season, "night": g.night, "error": g.reason} for g in p.missing] + failed
     skipped = [[n.season, n.night] for n in p.complete]
     because = f" ({p.why()})" if p.todo else ""
+    # Every night run: found = stored + quarantined (the ingest checks it night by night).
+    accounting = [
+        {k: d["ingest"][k] for k in ("season", "night", "n_found", "n_stored", "n_quarantined")}
+        for d in done
+    ]
+    found, stored, quarantined = (
+        sum(a[k] for a in accounting) for k in ("n_found", "n_stored", "n_quarantined")
+    )
     line = (
         f"backfill: {len(done)} night(s) run{because}, {len(skipped)} skipped (complete), "
-        f"{len(failed)} failed; {sum(d['score']['n_stamps'] for d in done):,} stamps scored in "
+        f"{len(failed)} failed; {found:,} found = {stored:,} stored + {quarantined:,} "
+        f"quarantined; {sum(d['score']['n_stamps'] for d in done):,} stamps scored in "
         f"{seconds:.1f} s"
     )
     if failed:
@@ -108,6 +117,7 @@ def backfill_summary(
         )
     return {
         "done": done,
+        "accounting": accounting,
         "skipped": skipped,
         "reasons": {f"{n.season}/{n.night}": n.reason for n in p.todo},
         "failed": failed,

@@ -52,6 +52,7 @@ from s2v_batch.formats.alertschema import (
     parsed_schema,
     write_schema_files,
 )
+from s2v_batch.sim.edges import edge_cut, edge_draws
 from s2v_batch.sim.simulator import (
     LABELS_CSV,
     TRAINING_REAL_FRACTION,
@@ -97,6 +98,8 @@ def ztf_record(
     rb: float | None = None,
     drb: float | None = None,
     programid: int = 1,
+    xpos: float | None = None,
+    ypos: float | None = None,
 ) -> dict[str, Any]:
     """A ZTF alert packet (schema 4.02) from ``pixels`` ``(h, w, 3)`` (srch, temp, diff).
 
@@ -114,7 +117,7 @@ def ztf_record(
         "ranr": float(ra), "decnr": float(dec), "ndethist": 1, "ncovhist": 1, "nmtchps": 0,
         "rfid": 100 + int(fid), "jdstartref": float(jd) - 400.0, "jdendref": float(jd) - 300.0,
         "nframesref": 20, "rbversion": "t17_f5_c3", "nmatches": 500,
-        "drbversion": "d6_m7", "fwhm": 2.0, "exptime": 30.0,
+        "drbversion": "d6_m7", "fwhm": 2.0, "exptime": 30.0, "xpos": xpos, "ypos": ypos,
     }  # fmt: skip
     return {
         "schemavsn": ZTF_SCHEMA_VERSION,
@@ -261,9 +264,10 @@ def _scores(rng: np.random.Generator, labels: np.ndarray, sharp: float) -> np.nd
 
 
 def _night_records(
-    survey, night, n, rng, sizes, real_fraction
+    survey, night, n, rng, sizes, real_fraction, edges=None
 ) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """The packets of one night (in chunks of pixels), their IDs and truth labels."""
+    """The packets of one night (in chunks of pixels), their IDs and truth labels; ``edges``:
+    ``(generator, fraction)`` of ZTF edge cut-outs (:mod:`s2v_batch.sim.edges`)."""
     base = _ID_BASE[survey] + _night_index(night) * 10**9
     records, ids, labels = [], [], []
     for start in range(0, n, _CHUNK):
@@ -279,6 +283,7 @@ def _night_records(
         sharp_drb = _scores(rng, batch.labels, 12.0)
         objs = _object_ids(rng, night, m)
         size_pick = rng.integers(0, len(sizes), m)
+        cuts = edge_draws(edges, m)
         for j in range(m):
             sid = base + start + j
             pix = batch.pixels[j]
@@ -288,10 +293,12 @@ def _night_records(
                 mag = float(rng.uniform(19.0, 21.5))
             pos = str(batch.kinds[j]) != "dipole" or rng.random() < 0.5
             if survey == "ztf":
+                cut, xy = edge_cut(pix, cuts[j]) if cuts is not None else (pix, (None, None))
                 rec = ztf_record(
-                    sid, objs[j], float(mjd[j] + MJD_JD_OFFSET), pix, ra=ra[j], dec=dec[j],
+                    sid, objs[j], float(mjd[j] + MJD_JD_OFFSET), cut, ra=ra[j], dec=dec[j],
                     fid=_ZTF_FID.get(band, 2), magpsf=mag, sigmapsf=0.1,
                     isdiffpos="t" if pos else "f", rb=float(sharp_rb[j]), drb=float(sharp_drb[j]),
+                    xpos=xy[0], ypos=xy[1],
                 )  # fmt: skip
             else:
                 s = sizes[size_pick[j]]
@@ -321,6 +328,7 @@ def simulate_alerts(
     sizes: tuple[int, ...] = (47, 63, 79),
     real_fraction: float = TRAINING_REAL_FRACTION,
     progress: bool = False,
+    edge_fraction: float = 0.0,
 ) -> AlertSimulation:
     """Simulate whole nights of alert packets on disk (layout in the module docstring).
 
@@ -343,6 +351,12 @@ def simulate_alerts(
         Expected fraction of real transients (0.5, the training mix, by default).
     progress : bool
         One line per night to stderr.
+    edge_fraction : float
+        ZTF only: the share of alerts detected near a quadrant edge, whose cut-outs come cut
+        short on that side (6-22 rows or columns lost, as ZTF's 63x53 and 41x63) with the
+        candidate's ``xpos``/``ypos`` saying where (ingest pads them back:
+        ``IngestConfig.edge_cutouts``). Drawn from a generator of their own: the other draws
+        are the same as without them. 0 by default.
 
     Returns
     -------
@@ -364,6 +378,8 @@ def simulate_alerts(
             raise SimulationError(f"{name} must be an int >= {low}, got {value!r}")
     if alerts_per_night >= 10**9:
         raise SimulationError("alerts_per_night must stay below 1e9 (the ID scheme)")
+    if not (isinstance(edge_fraction, int | float) and 0.0 <= edge_fraction <= 1.0):
+        raise SimulationError(f"edge_fraction must be in [0, 1], got {edge_fraction!r}")
     if not sizes or any(not isinstance(s, int) or s < 16 for s in sizes):
         raise SimulationError(f"sizes must be ints >= 16, got {sizes!r}")
     try:
@@ -381,9 +397,11 @@ def simulate_alerts(
         write_schema_files(out / "schemas")
     for night in night_list:
         rng = np.random.default_rng([seed, s_idx, night])
+        edges = (np.random.default_rng([seed, s_idx, night, 7]), float(edge_fraction))
         records, ids, labels = _night_records(
-            survey, night, alerts_per_night, rng, sizes, real_fraction
-        )
+            survey, night, alerts_per_night, rng, sizes, real_fraction,
+            edges if survey == "ztf" else None,
+        )  # fmt: skip
         written = _write_night(out, survey, night, fmt, records, ids)
         provenance.write_marker(
             written[0].parent, [f.name for f in written], version=__version__, seed=seed,

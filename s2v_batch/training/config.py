@@ -24,7 +24,9 @@ class TrainConfig:
     windows held). augment: the augmentation set (``flips`` as published, ``survey`` adding PSF,
     noise-texture, background and masked-edge changes, ``none``; :mod:`s2v_batch.training.augment`).
     real_weight: sample weight of the real stamps ``train(real_train=...)`` mixes into each batch
-    (the simulated stamps weigh 1). The ``repr`` is valid Python, so a card can record the call that made it.
+    (the simulated stamps weigh 1). max_masked_fraction: the largest masked fraction the card
+    says the model was validated on (scores above it are flagged); None: the largest among the
+    labelled stamps it is trained on. The ``repr`` is valid Python, so a card can record the call that made it.
     """
 
     arch: str = "space2vec"
@@ -39,6 +41,7 @@ class TrainConfig:
     shuffle_window: int = 2048
     augment: str = "flips"
     real_weight: float = 1.0
+    max_masked_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
@@ -63,6 +66,11 @@ class TrainConfig:
             or not 0.0 < self.real_weight < math.inf
         ):
             raise ConfigError(f"real_weight must be a number > 0, got {self.real_weight!r}")
+        limit = self.max_masked_fraction
+        if limit is not None and (
+            not isinstance(limit, int | float) or isinstance(limit, bool) or not 0.0 <= limit <= 1.0
+        ):
+            raise ConfigError(f"max_masked_fraction must be in [0, 1], got {limit!r}")
         if not 0.0 < self.learning_rate < math.inf:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 < self.target_recall <= 1.0:

@@ -13,6 +13,7 @@ batches (``real_train``) and the epoch chosen on real stamps (``choose_on``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -48,6 +49,8 @@ from s2v_batch.training.data import (
     splitmix64,
 )
 from s2v_batch.training.verdicts import verdict_labels
+
+_log = logging.getLogger("s2v.train")
 
 # The split helpers are re-exported: they were public here before trainingdata.py owned them.
 __all__ = [
@@ -317,13 +320,19 @@ def train(
         monitor="val_loss", patience=config.patience, restore_best_weights=True, min_delta=1e-4
     )
     chooser = RealChoice(choice_sets) if choice_sets else None
+    # One line an epoch in the run log: a long CPU training is followed there, not on the terminal.
+    epoch_log = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: _log.info(
+            "epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.5g}" for k, v in (logs or {}).items())
+        )
+    )
     n_params = model.count_params()
     say(f"training {config.arch} ({n_params:,} parameters), up to {config.epochs} epochs")
     fit = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        callbacks=[stop] + ([chooser] if chooser else []),
+        callbacks=[stop, epoch_log] + ([chooser] if chooser else []),
         shuffle=False,  # the dataset shuffles itself; Keras' index shuffle would defeat the cache
         verbose=(1 if sys.stderr.isatty() else 2) if progress else 0,
     )
@@ -385,6 +394,11 @@ def train(
         training_data=_clean(data),
         training_command=command,
         survey=surveys[0],
+        max_masked_fraction=(
+            config.max_masked_fraction
+            if config.max_masked_fraction is not None
+            else max_masked_fraction(paths)
+        ),
     )
     model_path = save_artifact(model, card, out)
     result = TrainResult(
@@ -400,6 +414,24 @@ def train(
         seconds=time.perf_counter() - t0,
     )
     return result  # the command prints its line: once
+
+
+def max_masked_fraction(paths: Sequence[Path]) -> float | None:
+    """The largest ``masked_fraction`` among the labelled stamps of the nights (None: no night
+    records one), what a trained model's card states it was validated on."""
+    import zarr  # deferred: a heavy library, as in the data module
+
+    best: float | None = None
+    for p in paths:
+        group = zarr.open_group(p, mode="r")
+        if "masked_fraction" not in group:
+            continue
+        frac = np.asarray(group["masked_fraction"][:])
+        label = np.asarray(group["label"][:])
+        frac = frac[(label == LABEL_REAL) | (label == LABEL_ARTIFACT)]
+        if len(frac):
+            best = max(best or 0.0, float(np.nanmax(frac)))
+    return best
 
 
 def _survey_of_night(path: Path) -> str:
