@@ -73,7 +73,11 @@ def test_every_candidate_got_two_decisive_verdicts_from_different_scanners(sessi
     assert not d.duplicated(["scanner", "stamp_id"]).any()
     n_cand = len(prepare(session["scores"], session["store"]).candidates)
     counts = decisive.groupby("stamp_id").size()
-    assert len(counts) == n_cand and (counts == 2).all()  # per-stamp K=2, no more
+    # Per-stamp K=2, no more; a stamp two of the three scanners skipped can get only one.
+    skips = d[d["verdict"] == "skip"].groupby("stamp_id").size()
+    wanted = (len(SCANNERS) - skips.reindex(counts.index, fill_value=0)).clip(upper=2)
+    assert len(counts) == n_cand - int((skips == len(SCANNERS)).sum())
+    assert (counts == wanted).all() and (counts == 2).mean() > 0.95
 
 
 def test_report_measures_the_fdr_and_the_seconds_that_were_drawn(session) -> None:
@@ -97,7 +101,8 @@ def test_report_measures_the_fdr_and_the_seconds_that_were_drawn(session) -> Non
     assert sc["seconds"]["q1"] < SECONDS_MEDIAN < sc["seconds"]["q3"]
     # Agreement: two scanners err independently at 8%: kappa well above chance, below 1.
     assert 0.4 < sc["agreement"]["fleiss_kappa"] < 1.0
-    assert sc["agreement"]["n_stamps_multi"] == len(d[d["verdict"] != "skip"]["stamp_id"].unique())
+    decisive = d[d["verdict"] != "skip"].groupby("stamp_id").size()
+    assert sc["agreement"]["n_stamps_multi"] == int((decisive >= 2).sum())
     ts = sc["time_saved"]
     assert ts["seconds_per_stamp"] == sc["seconds"]["median"] and "measured" in sc["seconds_source"]
     # The report's own time figures use the measured seconds in place of the assumed 0.5 s.
