@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 S2V = [sys.executable, "-m", "s2v_batch.cli"]
 NIGHT = 20240101  # the evening; the archive is named by the UT date of the morning after
 ARCHIVE = "ztf_public_20240102.tar.gz"
-CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -201,24 +200,14 @@ def run_cli(args: list[str], *, measure: bool = False) -> tuple[float, TreeRSS |
 
 
 def plain_loop(archive: Path) -> tuple[int, float]:
-    """Stream the archive; fastavro for each member, astropy for each cut-out."""
-    import fastavro
-    from astropy.io import fits
+    """bench_alerts.py's plain loop over the archive, counting stamps instead of keeping them
+    (a replayed night does not fit in memory); imports before the clock starts."""
+    import astropy.io.fits  # noqa: F401
+    import fastavro  # noqa: F401
+    from bench_alerts import plain_stamps
 
     t0 = time.perf_counter()
-    n = 0
-    with tarfile.open(archive, mode="r|gz") as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            for rec in fastavro.reader(tf.extractfile(member)):
-                chans = []
-                for field in CUTOUTS:
-                    data = gzip.decompress(rec[field]["stampData"])
-                    with fits.open(io.BytesIO(data)) as hdul:
-                        chans.append(np.asarray(hdul[0].data, dtype=np.float32))
-                np.stack(chans, axis=-1)
-                n += 1
+    n = sum(1 for _ in plain_stamps(archive))
     return n, time.perf_counter() - t0
 
 
@@ -296,12 +285,18 @@ def _model_version(scores_root: Path) -> str:
     return ", ".join(sorted(set(pq.read_table(part, columns=["model_version"])[0].to_pylist())))
 
 
-def cmd_speed(a: argparse.Namespace, base: Path, pool: list[dict[str, Any]]) -> None:
-    n = a.alerts[0]
+def replay_archive(base: Path, pool: list[dict[str, Any]], n: int) -> tuple[Path, Path]:
+    """The raw folder of a replayed night of ``n`` alerts and its archive (written once)."""
     raw = base / f"raw-{n}"
     archive = raw / ARCHIVE
     if not archive.exists():
         write_replay_archive(archive, pool, n)
+    return raw, archive
+
+
+def cmd_speed(a: argparse.Namespace, base: Path, pool: list[dict[str, Any]]) -> None:
+    n = a.alerts[0]
+    raw, archive = replay_archive(base, pool, n)
     cluster = base / "one-worker.yaml"
     cluster.write_text(
         "kind: local\noptions:\n  n_workers: 1\n  threads_per_worker: 1\n  processes: true\n"
@@ -336,10 +331,7 @@ def cmd_speed(a: argparse.Namespace, base: Path, pool: list[dict[str, Any]]) -> 
 
 def cmd_bytes(a: argparse.Namespace, base: Path, pool: list[dict[str, Any]]) -> None:
     n = a.alerts[0]
-    raw = base / f"raw-{n}"
-    archive = raw / ARCHIVE
-    if not archive.exists():
-        write_replay_archive(archive, pool, n)
+    raw, archive = replay_archive(base, pool, n)
     arch = archive.stat().st_size
     print(header(f"store bytes per alert, one night of {n:,} alerts"))
     print(f"archive: {arch:,} bytes, {arch / n:,.0f} bytes/alert")
